@@ -1,0 +1,58 @@
+# Two commands: `make run` and `make test`. Each installs what it is missing first.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+LISTEN ?= 127.0.0.1:8080
+UPSTREAM ?=
+
+export DEBIAN_FRONTEND := noninteractive
+
+# $(call need,BINARY,DEBIAN_PACKAGE): install the package with apt when the binary is absent.
+define need
+	@if ! command -v $(1) >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; \
+	  elif sudo -n true 2>/dev/null; then SUDO="sudo -n"; \
+	  else echo "$(1) is missing: install Debian's $(2) (apt-get install $(2))" >&2; exit 1; fi; \
+	  echo "installing $(2) (for $(1))"; \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq $(2) >/dev/null; \
+	fi
+endef
+
+.PHONY: run test lint test-system-deps clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+$(VENV)/.run-installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e .
+	touch $@
+
+$(VENV)/.test-installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $@ $(VENV)/.run-installed
+
+run: $(VENV)/.run-installed
+ifeq ($(strip $(UPSTREAM)),)
+	$(call need,docker-registry,docker-registry)
+	$(BIN)/python -m tests.harness.local_stack --listen $(LISTEN)
+else
+	$(BIN)/referrers-proxy serve --upstream $(UPSTREAM) --listen $(LISTEN)
+endif
+
+test-system-deps:
+	$(call need,docker-registry,docker-registry)
+	$(call need,redis-server,redis-server)
+	$(call need,skopeo,skopeo)
+
+lint: $(VENV)/.test-installed
+	$(BIN)/ruff check proxy tests
+	$(BIN)/ruff format --check proxy tests
+	$(BIN)/mypy --strict proxy
+
+test: lint test-system-deps
+	$(BIN)/pytest -ra
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

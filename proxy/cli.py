@@ -1,0 +1,150 @@
+"""Command line: every flag is also read from `REFERRERS_PROXY_<FLAG>`; a flag wins."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from proxy import __version__
+from proxy.config import Settings, SettingsError, parse_listen, parse_upstream
+
+ENV_PREFIX = "REFERRERS_PROXY_"
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+def _positive_int(value: str) -> int:
+    number = int(value)
+    if number <= 0:
+        raise ValueError(f"must be a positive integer, got {value}")
+    return number
+
+
+def _positive_float(value: str) -> float:
+    number = float(value)
+    if number <= 0:
+        raise ValueError(f"must be a positive number, got {value}")
+    return number
+
+
+def _log_level(value: str) -> str:
+    level = value.strip().lower()
+    if level not in ("debug", "info", "warning", "error"):
+        raise ValueError(f"must be one of debug, info, warning, error, got {value!r}")
+    return level
+
+
+def _bool(value: str) -> bool:
+    text = value.strip().lower()
+    if text in _TRUE:
+        return True
+    if text in _FALSE:
+        return False
+    raise ValueError(f"must be true or false, got {value!r}")
+
+
+@dataclass(frozen=True)
+class Option:
+    """One setting as the user sees it: a flag, its env var, and how to read its text."""
+
+    flag: str
+    parse: Callable[[str], Any]
+    help: str
+    required: bool = False
+    is_switch: bool = False
+
+    @property
+    def dest(self) -> str:
+        return self.flag.replace("-", "_")
+
+    @property
+    def env(self) -> str:
+        return ENV_PREFIX + self.dest.upper()
+
+
+SERVE_OPTIONS: tuple[Option, ...] = (
+    Option("upstream", parse_upstream, "registry to front (http:// or https:// origin)", True),
+    Option("listen", parse_listen, "address to serve on, HOST:PORT (default 127.0.0.1:8080)"),
+    Option("redis-url", str, "Redis URL for a shared index; without it the index is in-process"),
+    Option("upstream-ca-file", str, "PEM bundle to verify the upstream's TLS certificate"),
+    Option(
+        "upstream-insecure", _bool, "skip TLS verification of the upstream (unsafe)", is_switch=True
+    ),
+    Option("connect-timeout", _positive_float, "seconds to connect to the upstream (default 10)"),
+    Option(
+        "read-timeout", _positive_float, "seconds without upstream data before 504 (default 300)"
+    ),
+    Option("max-connections", _positive_int, "upstream connection pool size (default 256)"),
+    Option(
+        "max-manifest-bytes", _positive_int, "largest manifest accepted, in bytes (default 4 MiB)"
+    ),
+    Option("referrers-page-size", _positive_int, "descriptors per referrers page (default 100)"),
+    Option("log-level", _log_level, "debug, info, warning or error (default info)"),
+)
+
+
+def _add_options(parser: argparse.ArgumentParser, options: Sequence[Option]) -> None:
+    for option in options:
+        if option.is_switch:
+            parser.add_argument(
+                f"--{option.flag}", action="store_const", const="true", help=option.help
+            )
+        else:
+            parser.add_argument(f"--{option.flag}", metavar=option.dest.upper(), help=option.help)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="referrers-proxy",
+        description="A reverse proxy that adds the OCI Referrers API to a container registry.",
+        epilog=f"Every flag can also be set with {ENV_PREFIX}<FLAG>, e.g. {ENV_PREFIX}UPSTREAM.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    serve = commands.add_parser("serve", help="run the proxy")
+    _add_options(serve, SERVE_OPTIONS)
+    return parser
+
+
+def settings_from_args(argv: Sequence[str], environ: Mapping[str, str]) -> Settings:
+    """Flags first, then env vars, then the Settings defaults."""
+    args = build_parser().parse_args(list(argv))
+    values: dict[str, Any] = {}
+    for option in SERVE_OPTIONS:
+        text = getattr(args, option.dest)
+        source = f"--{option.flag}"
+        if text is None and option.env in environ:
+            text, source = environ[option.env], option.env
+        if text is None:
+            if option.required:
+                raise SettingsError(f"--{option.flag} (or {option.env}) is required")
+            continue
+        try:
+            value = option.parse(text)
+        except ValueError as exc:
+            raise SettingsError(f"{source}: {exc}") from exc
+        if option.flag == "listen":
+            values["listen_host"], values["listen_port"] = value
+        else:
+            values[option.dest] = value
+    return Settings(**values)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    from proxy.server import serve
+
+    try:
+        settings = settings_from_args(sys.argv[1:] if argv is None else argv, os.environ)
+    except SettingsError as exc:
+        sys.stderr.write(f"referrers-proxy: {exc}\n")
+        raise SystemExit(2) from exc
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    serve(settings)

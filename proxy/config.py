@@ -1,0 +1,48 @@
+"""The one typed settings object, and the parsing of values that need more than a type."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from yarl import URL
+
+MiB = 1024 * 1024
+
+
+class SettingsError(ValueError):
+    """A setting has a value the proxy cannot run with."""
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    upstream: URL
+    listen_host: str = "127.0.0.1"
+    listen_port: int = 8080
+    redis_url: str | None = None
+    upstream_ca_file: str | None = None
+    upstream_insecure: bool = False
+    connect_timeout: float = 10.0
+    read_timeout: float = 300.0
+    max_connections: int = 256
+    max_manifest_bytes: int = 4 * MiB
+    referrers_page_size: int = 100
+    log_level: str = "info"
+
+
+def parse_upstream(value: str) -> URL:
+    """The upstream is an origin: the proxy forwards `/v2/...` paths to it unchanged."""
+    url = URL(value.strip())
+    if url.scheme not in ("http", "https") or not url.host:
+        raise SettingsError(f"upstream must be an http:// or https:// URL, got {value!r}")
+    if url.path not in ("", "/") or url.query_string or url.fragment:
+        raise SettingsError(f"upstream must be an origin without path or query, got {value!r}")
+    return url.origin()
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    """`HOST:PORT`, `[V6]:PORT` or `:PORT` (all interfaces)."""
+    host, sep, port = value.strip().rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise SettingsError(f"listen address must be HOST:PORT, got {value!r}")
+    host = host.removeprefix("[").removesuffix("]")
+    return host or "0.0.0.0", int(port)

@@ -1,0 +1,137 @@
+"""Upstream faults a real registry cannot make on demand, injected by a small fake upstream."""
+
+from __future__ import annotations
+
+import asyncio
+
+import aiohttp
+import orjson
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+
+from tests.conftest import StartProxy
+from tests.harness.processes import free_port
+
+
+async def serve_fake(handler: web.RequestHandler, port: int = 0) -> TestServer:  # type: ignore[type-arg]
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handler)
+    server = TestServer(app, host="127.0.0.1", port=port)
+    await server.start_server()
+    return server
+
+
+def oci_code(body: bytes) -> str:
+    return str(orjson.loads(body)["errors"][0]["code"])
+
+
+async def test_unreachable_upstream_is_502_then_recovers(
+    http: aiohttp.ClientSession, start_proxy: StartProxy
+) -> None:
+    port = free_port()
+    proxy = await start_proxy(f"http://127.0.0.1:{port}")
+    async with http.get(f"{proxy}/v2/") as response:
+        assert response.status == 502
+        assert response.content_type == "application/json"
+        assert oci_code(await response.read()) == "UNAVAILABLE"
+
+    async def healthy(request: web.Request) -> web.Response:
+        return web.json_response({}, headers={"Docker-Distribution-Api-Version": "registry/2.0"})
+
+    upstream = await serve_fake(healthy, port)
+    try:
+        async with http.get(f"{proxy}/v2/") as response:
+            assert response.status == 200
+    finally:
+        await upstream.close()
+
+
+async def test_slow_upstream_is_504_and_other_requests_still_served(
+    http: aiohttp.ClientSession, start_proxy: StartProxy
+) -> None:
+    release = asyncio.Event()
+
+    async def slow_then_fast(request: web.Request) -> web.Response:
+        if request.path.endswith("/slow"):
+            await release.wait()
+        return web.Response(text="ok")
+
+    upstream = await serve_fake(slow_then_fast)
+    try:
+        proxy = await start_proxy(str(upstream.make_url("")), read_timeout=0.3)
+        async with http.get(f"{proxy}/v2/x/slow") as response:
+            assert response.status == 504
+            assert oci_code(await response.read()) == "UNAVAILABLE"
+        async with http.get(f"{proxy}/v2/x/fast") as response:
+            assert (response.status, await response.text()) == (200, "ok")
+    finally:
+        release.set()
+        await upstream.close()
+
+
+async def test_upstream_5xx_and_429_pass_through(
+    http: aiohttp.ClientSession, start_proxy: StartProxy
+) -> None:
+    async def busy(request: web.Request) -> web.Response:
+        if request.path.endswith("/limited"):
+            return web.Response(status=429, headers={"Retry-After": "7"}, text="slow down")
+        return web.Response(status=503, text="maintenance")
+
+    upstream = await serve_fake(busy)
+    try:
+        proxy = await start_proxy(str(upstream.make_url("")))
+        async with http.get(f"{proxy}/v2/x/limited") as response:
+            assert (response.status, response.headers["Retry-After"]) == (429, "7")
+        async with http.get(f"{proxy}/v2/x/down") as response:
+            assert (response.status, await response.text()) == (503, "maintenance")
+    finally:
+        await upstream.close()
+
+
+async def test_redirect_to_blob_storage_is_passed_not_followed(
+    http: aiohttp.ClientSession, start_proxy: StartProxy
+) -> None:
+    seen: list[str] = []
+
+    async def redirecting(request: web.Request) -> web.Response:
+        seen.append(request.path)
+        raise web.HTTPTemporaryRedirect("https://blobs.example.invalid/data?sig=abc")
+
+    upstream = await serve_fake(redirecting)
+    try:
+        proxy = await start_proxy(str(upstream.make_url("")))
+        async with http.get(f"{proxy}/v2/x/blobs/sha256:00", allow_redirects=False) as response:
+            assert response.status == 307
+            assert response.headers["Location"] == "https://blobs.example.invalid/data?sig=abc"
+        assert seen == ["/v2/x/blobs/sha256:00"]
+    finally:
+        await upstream.close()
+
+
+async def test_upstream_reset_mid_body_truncates_the_client_connection(
+    http: aiohttp.ClientSession, start_proxy: StartProxy
+) -> None:
+    async def dies_mid_body(request: web.Request) -> web.StreamResponse:
+        if request.path == "/v2/":
+            return web.Response(text="{}")
+        response = web.StreamResponse(headers={"Content-Length": str(1 << 20)})
+        await response.prepare(request)
+        await response.write(b"x" * 1000)
+        assert request.transport is not None
+        request.transport.abort()
+        return response
+
+    upstream = await serve_fake(dies_mid_body)
+    try:
+        proxy = await start_proxy(str(upstream.make_url("")))
+        async with http.get(f"{proxy}/v2/x/blobs/sha256:00") as response:
+            assert response.status == 200
+            try:
+                body = await response.read()
+            except aiohttp.ClientPayloadError:
+                body = None
+        assert body is None, "a truncated body must not look complete"
+        async with http.get(f"{proxy}/v2/") as response:
+            assert response.status == 200
+    finally:
+        await upstream.close()

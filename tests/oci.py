@@ -1,0 +1,106 @@
+"""Test helpers that speak the registry API: push blobs and manifests, build OCI documents."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from typing import Any
+
+import aiohttp
+import orjson
+
+MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+INDEX = "application/vnd.oci.image.index.v1+json"
+EMPTY_CONFIG = "application/vnd.oci.empty.v1+json"
+EMPTY_JSON = b"{}"
+ACCEPT_MANIFESTS = ", ".join(
+    [MANIFEST, INDEX, "application/vnd.docker.distribution.manifest.v2+json"]
+)
+
+
+def basic_auth(user: str, password: str) -> dict[str, str]:
+    token = base64.b64encode(f"{user}:{password}".encode()).decode()
+    return {"Authorization": f"Basic {token}"}
+
+
+def sha256(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def descriptor(media_type: str, data: bytes, **extra: Any) -> dict[str, Any]:
+    return {"mediaType": media_type, "digest": sha256(data), "size": len(data), **extra}
+
+
+async def push_blob(http: aiohttp.ClientSession, base: str, repo: str, data: bytes) -> str:
+    digest = sha256(data)
+    async with http.post(f"{base}/v2/{repo}/blobs/uploads/") as started:
+        assert started.status == 202, await started.text()
+        location = started.headers["Location"]
+    async with http.put(
+        location,
+        params={"digest": digest},
+        data=data,
+        headers={"Content-Type": "application/octet-stream"},
+    ) as done:
+        assert done.status == 201, await done.text()
+    return digest
+
+
+async def push_manifest(
+    http: aiohttp.ClientSession,
+    base: str,
+    repo: str,
+    body: bytes,
+    reference: str | None = None,
+    media_type: str = MANIFEST,
+) -> aiohttp.ClientResponse:
+    """PUT a manifest (by digest unless `reference` is given) and return the read response."""
+    async with http.put(
+        f"{base}/v2/{repo}/manifests/{reference or sha256(body)}",
+        data=body,
+        headers={"Content-Type": media_type},
+    ) as response:
+        await response.read()
+        return response
+
+
+async def push_image(
+    http: aiohttp.ClientSession, base: str, repo: str, tag: str, layer: bytes = b"layer"
+) -> bytes:
+    """A minimal image (config + one layer) tagged `tag`; returns the manifest bytes."""
+    config = orjson.dumps({"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers"}})
+    await push_blob(http, base, repo, config)
+    await push_blob(http, base, repo, layer)
+    manifest = orjson.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": MANIFEST,
+            "config": descriptor("application/vnd.oci.image.config.v1+json", config),
+            "layers": [descriptor("application/vnd.oci.image.layer.v1.tar", layer)],
+        }
+    )
+    response = await push_manifest(http, base, repo, manifest, tag)
+    assert response.status == 201
+    return manifest
+
+
+def artifact_manifest(
+    subject: bytes,
+    artifact_type: str | None = "application/vnd.example.sbom.v1",
+    annotations: dict[str, str] | None = None,
+    subject_type: str = MANIFEST,
+    blob: bytes = EMPTY_JSON,
+) -> bytes:
+    """An artifact manifest (the image-spec 1.1 way) whose subject is the manifest `subject`."""
+    body: dict[str, Any] = {
+        "schemaVersion": 2,
+        "mediaType": MANIFEST,
+        "config": descriptor(EMPTY_CONFIG, EMPTY_JSON),
+        "layers": [descriptor("application/octet-stream", blob)],
+        "subject": descriptor(subject_type, subject),
+    }
+    if artifact_type is not None:
+        body["artifactType"] = artifact_type
+    if annotations:
+        body["annotations"] = annotations
+    return orjson.dumps(body)

@@ -1,0 +1,66 @@
+import pytest
+from yarl import URL
+
+from proxy.cli import SERVE_OPTIONS, settings_from_args
+from proxy.config import Settings, SettingsError, parse_listen, parse_upstream
+
+
+def test_defaults_with_only_an_upstream() -> None:
+    settings = settings_from_args(["serve", "--upstream", "http://r:5000"], {})
+    assert settings == Settings(upstream=URL("http://r:5000"))
+    assert settings.redis_url is None
+
+
+def test_env_vars_are_read_and_flags_win() -> None:
+    env = {
+        "REFERRERS_PROXY_UPSTREAM": "https://env.example.com",
+        "REFERRERS_PROXY_LISTEN": "0.0.0.0:9000",
+        "REFERRERS_PROXY_READ_TIMEOUT": "12.5",
+        "REFERRERS_PROXY_UPSTREAM_INSECURE": "true",
+    }
+    settings = settings_from_args(["serve", "--listen", "[::1]:7000"], env)
+    assert settings.upstream == URL("https://env.example.com")
+    assert (settings.listen_host, settings.listen_port) == ("::1", 7000)
+    assert settings.read_timeout == 12.5
+    assert settings.upstream_insecure is True
+
+
+def test_switch_flag() -> None:
+    settings = settings_from_args(["serve", "--upstream", "https://r", "--upstream-insecure"], {})
+    assert settings.upstream_insecure is True
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "message"),
+    [
+        (["serve"], {}, "--upstream (or REFERRERS_PROXY_UPSTREAM) is required"),
+        (["serve", "--upstream", "ftp://r"], {}, "http:// or https://"),
+        (["serve", "--upstream", "http://r/v2"], {}, "without path"),
+        (["serve", "--upstream", "http://r", "--listen", "nope"], {}, "HOST:PORT"),
+        (
+            ["serve", "--upstream", "http://r"],
+            {"REFERRERS_PROXY_MAX_MANIFEST_BYTES": "-1"},
+            "REFERRERS_PROXY_MAX_MANIFEST_BYTES: must be a positive integer",
+        ),
+        (["serve", "--upstream", "http://r", "--log-level", "loud"], {}, "--log-level"),
+    ],
+)
+def test_bad_values_name_their_source(argv: list[str], env: dict[str, str], message: str) -> None:
+    with pytest.raises(SettingsError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        settings_from_args(argv, env)
+
+
+def test_every_option_is_a_settings_field() -> None:
+    fields = set(Settings.__dataclass_fields__)
+    for option in SERVE_OPTIONS:
+        assert option.dest in fields or option.flag == "listen"
+
+
+def test_listen_forms() -> None:
+    assert parse_listen("127.0.0.1:8080") == ("127.0.0.1", 8080)
+    assert parse_listen(":8080") == ("0.0.0.0", 8080)
+    assert parse_listen("[::]:80") == ("::", 80)
+
+
+def test_upstream_is_normalised_to_an_origin() -> None:
+    assert parse_upstream("https://registry.example.com/") == URL("https://registry.example.com")
