@@ -11,18 +11,25 @@ from aiohttp import web
 from proxy.config import Settings
 from proxy.errors import error_middleware
 from proxy.forward import Forwarder
+from proxy.index import IndexStore, IndexUnavailable, open_index
+from proxy.referrers_api import ReferrersApi
 from proxy.upstream import open_session
 
 log = logging.getLogger(__name__)
 
 SETTINGS = web.AppKey("settings", Settings)
 FORWARDER = web.AppKey("forwarder", Forwarder)
+INDEX = web.AppKey("index", IndexStore)
+REFERRERS = web.AppKey("referrers", ReferrersApi)
 
 
 def make_app(
-    settings: Settings, *, session: aiohttp.ClientSession | None = None
+    settings: Settings,
+    *,
+    session: aiohttp.ClientSession | None = None,
+    index: IndexStore | None = None,
 ) -> web.Application:
-    """`session` lets a caller share one client session; otherwise the app owns its own."""
+    """`session` and `index` let a caller share them; otherwise the app owns its own."""
     app = web.Application(middlewares=[error_middleware], handler_args={"max_field_size": 16384})
     app[SETTINGS] = settings
 
@@ -35,11 +42,42 @@ def make_app(
         if own:
             await client.close()
 
-    app.cleanup_ctx.append(upstream_session)
+    async def referrers_index(app: web.Application) -> AsyncIterator[None]:
+        own = index is None
+        store = open_index(settings) if index is None else index
+        try:
+            await store.ping()
+        except IndexUnavailable as exc:
+            log.error("referrers index unreachable at start-up (%s): 503 until it is back", exc)
+        app[INDEX] = store
+        app[REFERRERS] = ReferrersApi(
+            app[FORWARDER],
+            store,
+            max_manifest_bytes=settings.max_manifest_bytes,
+            page_size=settings.referrers_page_size,
+        )
+        yield
+        if own:
+            await store.close()
+
+    app.cleanup_ctx.extend([upstream_session, referrers_index])
 
     async def forward(request: web.Request) -> web.StreamResponse:
         return await request.app[FORWARDER].handle(request)
 
+    async def put_manifest(request: web.Request) -> web.StreamResponse:
+        return await request.app[REFERRERS].put_manifest(request)
+
+    async def delete_manifest(request: web.Request) -> web.StreamResponse:
+        return await request.app[REFERRERS].delete_manifest(request)
+
+    async def get_referrers(request: web.Request) -> web.StreamResponse:
+        return await request.app[REFERRERS].get_referrers(request)
+
+    manifests = "/v2/{name:.+}/manifests/{reference}"
+    app.router.add_route("PUT", manifests, put_manifest)
+    app.router.add_route("DELETE", manifests, delete_manifest)
+    app.router.add_get("/v2/{name:.+}/referrers/{digest}", get_referrers)
     app.router.add_route("*", "/v2", forward)
     app.router.add_route("*", "/v2/{tail:.*}", forward)
     return app

@@ -17,6 +17,8 @@ import aiohttp
 import orjson
 from aiohttp import web
 
+from proxy.index.base import IndexUnavailable
+
 log = logging.getLogger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -73,6 +75,11 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return error_response(exc.status, _http_exception_code(exc.status), exc.reason)
     except StreamAborted:
         raise
+    except IndexUnavailable as exc:
+        log.error("%s %s: referrers index unavailable: %s", request.method, request.path, exc)
+        return error_response(
+            503, "UNAVAILABLE", "referrers index unavailable, retry", headers={"Retry-After": "1"}
+        )
     except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
         log.warning("%s %s: upstream timed out: %r", request.method, request.path, exc)
         return error_response(504, "UNAVAILABLE", "upstream registry timed out")

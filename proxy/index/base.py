@@ -1,0 +1,57 @@
+"""The IndexStore protocol: referrers per (repository, subject), in arrival order.
+
+Each referrer gets a position from one increasing counter when first recorded. Pages are cut by
+position, so a page costs O(log n + page size) and stays stable while new referrers arrive
+(they land after every existing cursor).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from dataclasses import dataclass
+from typing import Protocol
+
+from proxy.manifest import Referrer
+
+
+class IndexUnavailable(Exception):
+    """The index could not be read or written; the request may be retried."""
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    descriptors: list[bytes]
+    next_after: int | None  # position to continue after, or None on the last page
+
+
+class IndexStore(Protocol):
+    async def add(self, repository: str, referrer: Referrer) -> None:
+        """Record `referrer` under its subject; recording it again changes nothing."""
+
+    async def remove(self, repository: str, digest: str) -> None:
+        """Forget the referrer with manifest `digest`, if it is one."""
+
+    async def page(
+        self,
+        repository: str,
+        subject: str,
+        artifact_types: Collection[str],
+        after: int,
+        limit: int,
+    ) -> Page:
+        """Up to `limit` descriptors with position > `after`, of any of `artifact_types`
+        (all types when empty)."""
+
+    async def ping(self) -> None:
+        """Raise IndexUnavailable when the index cannot serve."""
+
+    async def close(self) -> None: ...
+
+
+def merge_positions(
+    runs: list[list[tuple[int, str]]], limit: int
+) -> tuple[list[tuple[int, str]], bool]:
+    """Merge position-sorted runs (one per artifact type) into the first `limit` entries,
+    and whether more follow."""
+    merged = sorted({entry for run in runs for entry in run})
+    return merged[:limit], len(merged) > limit

@@ -1,0 +1,31 @@
+"""Every Redis key the index uses, built here and nowhere else.
+
+Repository names and digests never contain `|`, `{` or `}`, so `{<repository>|<digest>}` is
+unambiguous, and is also a Redis Cluster hash tag that keeps one subject's keys on one slot.
+An artifact type may contain anything, so it only ever ends a key.
+"""
+
+from __future__ import annotations
+
+PREFIX = "orp:v1"
+
+
+def position_counter() -> str:
+    return f"{PREFIX}:position"
+
+
+def subject_all(repository: str, subject: str) -> str:
+    return f"{PREFIX}:{{{repository}|{subject}}}:all"
+
+
+def subject_type(repository: str, subject: str, artifact_type: str) -> str:
+    return f"{PREFIX}:{{{repository}|{subject}}}:type:{artifact_type}"
+
+
+def subject_descriptors(repository: str, subject: str) -> str:
+    return f"{PREFIX}:{{{repository}|{subject}}}:descriptors"
+
+
+def referrer(repository: str, digest: str) -> str:
+    """Hash: which subject and artifact type a referrer was recorded under."""
+    return f"{PREFIX}:{{{repository}|{digest}}}:referrer"
