@@ -45,6 +45,7 @@ test-system-deps:
 	$(call need,docker-registry,docker-registry)
 	$(call need,redis-server,redis-server)
 	$(call need,skopeo,skopeo)
+	$(call need,openssl,openssl)
 
 lint: $(VENV)/.test-installed
 	$(BIN)/ruff check proxy tests

@@ -45,6 +45,14 @@ def _http_answers(url: str) -> bool:
         return False
 
 
+def _tcp_open(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
 def _tcp_answers(port: int) -> bool:
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
@@ -71,8 +79,51 @@ class Registry:
     process: subprocess.Popen[bytes]
 
 
-def registry_config(port: int, data_dir: Path, htpasswd: Path | None = None) -> str:
+@dataclass(frozen=True)
+class TLSFiles:
+    ca: Path
+    cert: Path
+    key: Path
+
+
+def make_tls_files(workdir: Path) -> TLSFiles:
+    """A throwaway CA and a server certificate for 127.0.0.1 it signed (openssl CLI)."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    ca, ca_key = workdir / "ca.pem", workdir / "ca.key"
+    cert, key, csr = workdir / "server.pem", workdir / "server.key", workdir / "server.csr"
+    san = workdir / "san.ext"
+    san.write_text("subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n")
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    for command in (
+        ["req", "-x509", *ec, "-keyout", ca_key, "-out", ca, "-days", "2", "-subj", "/CN=test CA"],
+        ["req", *ec, "-keyout", key, "-out", csr, "-subj", "/CN=127.0.0.1"],
+        [
+            "x509",
+            "-req",
+            "-in",
+            csr,
+            "-CA",
+            ca,
+            "-CAkey",
+            ca_key,
+            "-CAcreateserial",
+            "-out",
+            cert,
+            "-days",
+            "2",
+            "-extfile",
+            san,
+        ],
+    ):
+        subprocess.run(["openssl", *map(str, command)], check=True, capture_output=True)
+    return TLSFiles(ca, cert, key)
+
+
+def registry_config(
+    port: int, data_dir: Path, htpasswd: Path | None = None, tls: TLSFiles | None = None
+) -> str:
     auth = f"auth:\n  htpasswd:\n    realm: test-realm\n    path: {htpasswd}\n" if htpasswd else ""
+    tls_block = f"  tls:\n    certificate: {tls.cert}\n    key: {tls.key}\n" if tls else ""
     return (
         "version: 0.1\n"
         "log:\n  level: warn\n  accesslog:\n    disabled: true\n"
@@ -80,13 +131,17 @@ def registry_config(port: int, data_dir: Path, htpasswd: Path | None = None) -> 
         f"  filesystem:\n    rootdirectory: {data_dir}\n"
         "  delete:\n    enabled: true\n"
         "  maintenance:\n    uploadpurging:\n      enabled: false\n"
-        f"http:\n  addr: 127.0.0.1:{port}\n  secret: test-secret\n" + auth
+        f"http:\n  addr: 127.0.0.1:{port}\n  secret: test-secret\n" + tls_block + auth
     )
 
 
 @contextmanager
 def running_registry(
-    workdir: Path, *, port: int | None = None, htpasswd: Path | None = None
+    workdir: Path,
+    *,
+    port: int | None = None,
+    htpasswd: Path | None = None,
+    tls: TLSFiles | None = None,
 ) -> Iterator[Registry]:
     """A Docker Distribution 2.8 registry (Debian's docker-registry) in `workdir`."""
     if not shutil.which(REGISTRY_BIN):
@@ -95,14 +150,18 @@ def running_registry(
     data_dir = workdir / "data"
     data_dir.mkdir(parents=True, exist_ok=True)
     config = workdir / "config.yml"
-    config.write_text(registry_config(port, data_dir, htpasswd))
+    config.write_text(registry_config(port, data_dir, htpasswd, tls))
     log = (workdir / "registry.log").open("ab")
     process = subprocess.Popen(
         [REGISTRY_BIN, "serve", str(config)], stdout=log, stderr=subprocess.STDOUT
     )
-    url = f"http://127.0.0.1:{port}"
+    url = f"{'https' if tls else 'http'}://127.0.0.1:{port}"
+
+    def ready() -> bool:
+        return _tcp_open(port) if tls else _http_answers(f"{url}/v2/")
+
     try:
-        wait_until(lambda: _http_answers(f"{url}/v2/"), f"registry on port {port}", process)
+        wait_until(ready, f"registry on port {port}", process)
         yield Registry(url, port, data_dir, process)
     finally:
         _stop(process)

@@ -6,9 +6,9 @@ import asyncio
 from pathlib import Path
 
 import aiohttp
-import orjson
 import oras.client
 import oras.oci
+import orjson
 import pytest
 from yarl import URL
 
