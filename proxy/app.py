@@ -13,7 +13,7 @@ from proxy.errors import error_middleware
 from proxy.forward import Forwarder
 from proxy.index import IndexStore, IndexUnavailable, open_index
 from proxy.referrers_api import ReferrersApi
-from proxy.upstream import open_session
+from proxy.upstream import open_session, probe_native_referrers
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +55,7 @@ def make_app(
             store,
             max_manifest_bytes=settings.max_manifest_bytes,
             page_size=settings.referrers_page_size,
+            upstream_native=await probe_native_referrers(app[FORWARDER].session, settings.upstream),
         )
         yield
         if own:

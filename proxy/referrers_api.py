@@ -5,25 +5,29 @@ from __future__ import annotations
 import logging
 
 import aiohttp
+import orjson
 from aiohttp import web
 
 from proxy.errors import OCIError
 from proxy.forward import Forwarder
+from proxy.headers import client_response_headers
 from proxy.index import IndexStore
 from proxy.manifest import IMAGE_INDEX, ManifestInvalid, digest_algorithm, inspect_manifest
 from proxy.names import digest_error, is_digest, is_repository_name
 from proxy.referrers import CURSOR_PARAM, CursorInvalid, decode_cursor, next_link, render_index
+from proxy.upstream import describe_native, native_from_answer
 
 log = logging.getLogger(__name__)
 
 
-async def read_capped(request: web.Request, cap: int) -> bytes:
-    """The whole body, refused with 413 as soon as it is known to exceed `cap`."""
-    too_large = OCIError(413, "MANIFEST_INVALID", f"manifest is larger than {cap} bytes")
-    if request.content_length is not None and request.content_length > cap:
+async def read_capped(
+    stream: aiohttp.StreamReader, declared: int | None, cap: int, too_large: OCIError
+) -> bytes:
+    """The whole body, refused as soon as it is known to exceed `cap`."""
+    if declared is not None and declared > cap:
         raise too_large
     body = bytearray()
-    async for chunk in request.content.iter_any():
+    async for chunk in stream.iter_any():
         body += chunk
         if len(body) > cap:
             raise too_large
@@ -40,16 +44,29 @@ def _confirmed_digest(upstream: aiohttp.ClientResponse, ours: str) -> None:
 
 class ReferrersApi:
     def __init__(
-        self, forwarder: Forwarder, index: IndexStore, *, max_manifest_bytes: int, page_size: int
+        self,
+        forwarder: Forwarder,
+        index: IndexStore,
+        *,
+        max_manifest_bytes: int,
+        page_size: int,
+        upstream_native: bool | None = False,
     ) -> None:
         self.forwarder = forwarder
         self.index = index
         self.max_manifest_bytes = max_manifest_bytes
         self.page_size = page_size
+        self.upstream_native = upstream_native
 
     async def put_manifest(self, request: web.Request) -> web.StreamResponse:
         name, reference = request.match_info["name"], request.match_info["reference"]
-        body = await read_capped(request, self.max_manifest_bytes)
+        cap = self.max_manifest_bytes
+        body = await read_capped(
+            request.content,
+            request.content_length,
+            cap,
+            OCIError(413, "MANIFEST_INVALID", f"manifest is larger than {cap} bytes"),
+        )
         try:
             referrer = inspect_manifest(
                 body, request.headers.get("Content-Type", ""), digest_algorithm(reference)
@@ -74,7 +91,7 @@ class ReferrersApi:
                 await self.index.remove(name, reference)
             return await self.forwarder.relay(request, upstream)
 
-    async def get_referrers(self, request: web.Request) -> web.Response:
+    async def get_referrers(self, request: web.Request) -> web.StreamResponse:
         name, subject = request.match_info["name"], request.match_info["digest"]
         if not is_repository_name(name):
             raise OCIError(400, "NAME_INVALID", f"invalid repository name {name!r}")
@@ -84,6 +101,13 @@ class ReferrersApi:
         artifact_types = list(
             dict.fromkeys(t for t in request.query.getall("artifactType", []) if t)
         )
+        if self.upstream_native is False:
+            return await self._from_index(request, name, subject, artifact_types)
+        return await self._from_upstream(request, name, subject, artifact_types)
+
+    async def _from_index(
+        self, request: web.Request, name: str, subject: str, artifact_types: list[str]
+    ) -> web.Response:
         cursor = request.query.get(CURSOR_PARAM)
         try:
             after = decode_cursor(cursor) if cursor else 0
@@ -96,3 +120,46 @@ class ReferrersApi:
         if page.next_after is not None:
             headers["Link"] = next_link(name, subject, artifact_types, page.next_after)
         return web.Response(body=render_index(page.descriptors), headers=headers)
+
+    async def _from_upstream(
+        self, request: web.Request, name: str, subject: str, artifact_types: list[str]
+    ) -> web.StreamResponse:
+        """The upstream's own answer, with the proxy's records of referrers it does not list
+        (pushed before its upgrade) added to its first page. While it is not yet known whether
+        the upstream has the API, its answer to this request decides."""
+        async with self.forwarder.open(request) as upstream:
+            native = native_from_answer(upstream)
+            if native is not None and native != self.upstream_native:
+                self.upstream_native = native
+                log.info("upstream Referrers API: %s", describe_native(native))
+            if upstream.status in (401, 403):
+                return await self.forwarder.relay(request, upstream)
+            if not native:
+                return await self._from_index(request, name, subject, artifact_types)
+            body = await read_capped(
+                upstream.content,
+                upstream.content_length,
+                self.max_manifest_bytes,
+                OCIError(502, "UNAVAILABLE", "upstream referrers answer too large"),
+            )
+            headers = client_response_headers(
+                upstream.headers, upstream=self.forwarder.upstream, public=request.url.origin()
+            )
+        try:
+            listed = orjson.loads(body)["manifests"]
+            digests = {descriptor["digest"] for descriptor in listed}
+        except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
+            raise OCIError(502, "UNAVAILABLE", "upstream referrers answer is not an index") from exc
+        if artifact_types and "artifactType" not in headers.get("OCI-Filters-Applied", ""):
+            listed = [d for d in listed if d.get("artifactType") in artifact_types]
+        merged = [orjson.dumps(descriptor) for descriptor in listed]
+        first_page = set(request.query) <= {"artifactType"}
+        if first_page:
+            own = await self.index.page(name, subject, artifact_types, 0, self.page_size)
+            merged += [d for d in own.descriptors if orjson.loads(d)["digest"] not in digests]
+        answer = {"Content-Type": IMAGE_INDEX}
+        if artifact_types:
+            answer["OCI-Filters-Applied"] = "artifactType"
+        if "Link" in headers:
+            answer["Link"] = headers["Link"]
+        return web.Response(body=render_index(merged), headers=answer)

@@ -6,8 +6,10 @@ import logging
 import ssl
 
 import aiohttp
+from yarl import URL
 
 from proxy.config import Settings
+from proxy.manifest import IMAGE_INDEX
 
 log = logging.getLogger(__name__)
 
@@ -44,3 +46,43 @@ def open_session(settings: Settings) -> aiohttp.ClientSession:
         skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
         cookie_jar=aiohttp.DummyCookieJar(),
     )
+
+
+NATIVE_PROBE_PATH = "/v2/referrers-proxy-probe/referrers/sha256:" + "0" * 64
+
+
+def is_image_index(content_type: str | None) -> bool:
+    """Clients compare the exact string; so does the proxy when it judges an upstream."""
+    return (content_type or "").split(";", 1)[0].strip() == IMAGE_INDEX
+
+
+async def probe_native_referrers(session: aiohttp.ClientSession, upstream: URL) -> bool | None:
+    """Whether the upstream answers the Referrers API itself (an OCI 1.1 registry).
+
+    A 200 image index says yes and a 404 says no. A challenge (401/403), an error or silence
+    says nothing: None, settled later by the first referrers request with real credentials.
+    """
+    try:
+        async with session.get(
+            URL(f"{upstream}{NATIVE_PROBE_PATH}", encoded=True), headers={"Accept": IMAGE_INDEX}
+        ) as response:
+            native = native_from_answer(response)
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        log.warning("upstream %s unreachable at start-up: %r", upstream, exc)
+        native = None
+    log.info("upstream %s Referrers API: %s", upstream, describe_native(native))
+    return native
+
+
+def native_from_answer(response: aiohttp.ClientResponse) -> bool | None:
+    if response.status == 200 and is_image_index(response.headers.get("Content-Type")):
+        return True
+    if response.status == 404:
+        return False
+    return None
+
+
+def describe_native(native: bool | None) -> str:
+    if native is None:
+        return "unknown until an authorized referrers request"
+    return "native, its answers are merged" if native else "absent, the proxy's index answers"
