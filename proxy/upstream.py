@@ -64,7 +64,9 @@ async def probe_native_referrers(session: aiohttp.ClientSession, upstream: URL) 
     """
     try:
         async with session.get(
-            URL(f"{upstream}{NATIVE_PROBE_PATH}", encoded=True), headers={"Accept": IMAGE_INDEX}
+            URL(f"{upstream}{NATIVE_PROBE_PATH}", encoded=True),
+            headers={"Accept": IMAGE_INDEX},
+            allow_redirects=False,
         ) as response:
             native = native_from_answer(response)
     except (aiohttp.ClientError, TimeoutError) as exc:

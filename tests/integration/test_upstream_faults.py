@@ -6,6 +6,7 @@ import asyncio
 
 import aiohttp
 import orjson
+import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
@@ -89,8 +90,9 @@ async def test_upstream_5xx_and_429_pass_through(
 
 
 async def test_redirect_to_blob_storage_is_passed_not_followed(
-    http: aiohttp.ClientSession, start_proxy: StartProxy
+    http: aiohttp.ClientSession, start_proxy: StartProxy, caplog: pytest.LogCaptureFixture
 ) -> None:
+    """Neither a client's request nor the proxy's own start-up probe follows a redirect."""
     seen: list[str] = []
 
     async def redirecting(request: web.Request) -> web.Response:
@@ -103,7 +105,9 @@ async def test_redirect_to_blob_storage_is_passed_not_followed(
         async with http.get(f"{proxy}/v2/x/blobs/sha256:00", allow_redirects=False) as response:
             assert response.status == 307
             assert response.headers["Location"] == "https://blobs.example.invalid/data?sig=abc"
-        assert seen == ["/v2/x/blobs/sha256:00"]
+        assert seen[-1] == "/v2/x/blobs/sha256:00"
+        assert len(seen) == 2, "the start-up probe, then the client's request: nothing else"
+        assert "blobs.example.invalid" not in caplog.text
     finally:
         await upstream.close()
 
