@@ -10,9 +10,12 @@ from aiohttp import web
 
 from proxy.config import Settings
 from proxy.errors import error_middleware
+from proxy.fallback import FallbackTags
 from proxy.forward import Forwarder
 from proxy.index import IndexStore, IndexUnavailable, open_index
 from proxy.referrers_api import ReferrersApi
+from proxy.registry_client import RegistryClient
+from proxy.tags_api import TagListApi
 from proxy.upstream import open_session, probe_native_referrers
 
 log = logging.getLogger(__name__)
@@ -21,6 +24,7 @@ SETTINGS = web.AppKey("settings", Settings)
 FORWARDER = web.AppKey("forwarder", Forwarder)
 INDEX = web.AppKey("index", IndexStore)
 REFERRERS = web.AppKey("referrers", ReferrersApi)
+TAGS = web.AppKey("tags", TagListApi)
 
 
 def make_app(
@@ -50,12 +54,17 @@ def make_app(
         except IndexUnavailable as exc:
             log.error("referrers index unreachable at start-up (%s): 503 until it is back", exc)
         app[INDEX] = store
+        forwarder = app[FORWARDER]
+        client = RegistryClient(forwarder.session, forwarder.upstream, settings.max_manifest_bytes)
+        fallback = FallbackTags(client, store, settings.fallback_tags, settings.fallback_refresh)
+        app[TAGS] = TagListApi(client)
         app[REFERRERS] = ReferrersApi(
-            app[FORWARDER],
+            forwarder,
             store,
+            fallback,
             max_manifest_bytes=settings.max_manifest_bytes,
             page_size=settings.referrers_page_size,
-            upstream_native=await probe_native_referrers(app[FORWARDER].session, settings.upstream),
+            upstream_native=await probe_native_referrers(forwarder.session, settings.upstream),
         )
         yield
         if own:
@@ -75,10 +84,15 @@ def make_app(
     async def get_referrers(request: web.Request) -> web.StreamResponse:
         return await request.app[REFERRERS].get_referrers(request)
 
+    async def tags_list(request: web.Request) -> web.StreamResponse:
+        return await request.app[TAGS].tags_list(request)
+
     manifests = "/v2/{name:.+}/manifests/{reference}"
     app.router.add_route("PUT", manifests, put_manifest)
     app.router.add_route("DELETE", manifests, delete_manifest)
     app.router.add_get("/v2/{name:.+}/referrers/{digest}", get_referrers)
+    if not settings.show_fallback_tags:
+        app.router.add_get("/v2/{name:.+}/tags/list", tags_list)
     app.router.add_route("*", "/v2", forward)
     app.router.add_route("*", "/v2/{tail:.*}", forward)
     return app

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from proxy import __version__
-from proxy.config import Settings, SettingsError, parse_listen, parse_upstream
+from proxy.config import FallbackMode, Settings, SettingsError, parse_listen, parse_upstream
 
 ENV_PREFIX = "REFERRERS_PROXY_"
 _TRUE = {"1", "true", "yes", "on"}
@@ -37,6 +37,13 @@ def _log_level(value: str) -> str:
     if level not in ("debug", "info", "warning", "error"):
         raise ValueError(f"must be one of debug, info, warning, error, got {value!r}")
     return level
+
+
+def _fallback_mode(value: str) -> FallbackMode:
+    try:
+        return FallbackMode(value.strip().lower())
+    except ValueError:
+        raise ValueError(f"must be write, read or off, got {value!r}") from None
 
 
 def _bool(value: str) -> bool:
@@ -84,6 +91,22 @@ SERVE_OPTIONS: tuple[Option, ...] = (
         "max-manifest-bytes", _positive_int, "largest manifest accepted, in bytes (default 4 MiB)"
     ),
     Option("referrers-page-size", _positive_int, "descriptors per referrers page (default 100)"),
+    Option(
+        "fallback-tags",
+        _fallback_mode,
+        "write, read or off: keep, only read, or ignore tag-schema indexes (default write)",
+    ),
+    Option(
+        "fallback-refresh",
+        _positive_float,
+        "seconds before a tag-schema index is revalidated upstream (default 30)",
+    ),
+    Option(
+        "show-fallback-tags",
+        _bool,
+        "list tag-schema tags (sha256-...) in tags/list, hidden by default",
+        is_switch=True,
+    ),
     Option("log-level", _log_level, "debug, info, warning or error (default info)"),
 )
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import StrEnum
 
 from yarl import URL
 
@@ -11,6 +12,14 @@ MiB = 1024 * 1024
 
 class SettingsError(ValueError):
     """A setting has a value the proxy cannot run with."""
+
+
+class FallbackMode(StrEnum):
+    """What the proxy does with the upstream's referrers tag-schema indexes."""
+
+    WRITE = "write"  # read them, and keep them up to date with every attach and delete
+    READ = "read"  # only merge what legacy clients wrote
+    OFF = "off"  # the index alone
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,6 +35,9 @@ class Settings:
     max_connections: int = 256
     max_manifest_bytes: int = 4 * MiB
     referrers_page_size: int = 100
+    fallback_tags: FallbackMode = FallbackMode.WRITE
+    fallback_refresh: float = 30.0
+    show_fallback_tags: bool = False
     log_level: str = "info"
 
 

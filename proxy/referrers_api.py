@@ -8,30 +8,19 @@ import aiohttp
 import orjson
 from aiohttp import web
 
+from proxy.config import FallbackMode
 from proxy.errors import OCIError
+from proxy.fallback import FallbackTags
 from proxy.forward import Forwarder
 from proxy.headers import client_response_headers
 from proxy.index import IndexStore
 from proxy.manifest import IMAGE_INDEX, ManifestInvalid, digest_algorithm, inspect_manifest
 from proxy.names import digest_error, is_digest, is_repository_name
 from proxy.referrers import CURSOR_PARAM, CursorInvalid, decode_cursor, next_link, render_index
+from proxy.registry_client import read_capped
 from proxy.upstream import describe_native, native_from_answer
 
 log = logging.getLogger(__name__)
-
-
-async def read_capped(
-    stream: aiohttp.StreamReader, declared: int | None, cap: int, too_large: OCIError
-) -> bytes:
-    """The whole body, refused as soon as it is known to exceed `cap`."""
-    if declared is not None and declared > cap:
-        raise too_large
-    body = bytearray()
-    async for chunk in stream.iter_any():
-        body += chunk
-        if len(body) > cap:
-            raise too_large
-    return bytes(body)
 
 
 def _confirmed_digest(upstream: aiohttp.ClientResponse, ours: str) -> None:
@@ -47,6 +36,7 @@ class ReferrersApi:
         self,
         forwarder: Forwarder,
         index: IndexStore,
+        fallback: FallbackTags,
         *,
         max_manifest_bytes: int,
         page_size: int,
@@ -54,6 +44,7 @@ class ReferrersApi:
     ) -> None:
         self.forwarder = forwarder
         self.index = index
+        self.fallback = fallback
         self.max_manifest_bytes = max_manifest_bytes
         self.page_size = page_size
         self.upstream_native = upstream_native
@@ -78,6 +69,7 @@ class ReferrersApi:
                 return await self.forwarder.relay(request, upstream)
             _confirmed_digest(upstream, referrer.digest)
             await self.index.add(name, referrer)
+            await self.fallback.record(name, referrer, request.headers.get("Authorization"))
             log.info(
                 "recorded %s in %s as a referrer of %s", referrer.digest, name, referrer.subject
             )
@@ -85,11 +77,30 @@ class ReferrersApi:
 
     async def delete_manifest(self, request: web.Request) -> web.StreamResponse:
         name, reference = request.match_info["name"], request.match_info["reference"]
+        if not is_digest(reference):
+            return await self.forwarder.handle(request)
+        auth = request.headers.get("Authorization")
+        subject = await self._subject_of(name, reference, auth)
         async with self.forwarder.open(request) as upstream:
             # 404: already gone upstream (perhaps an earlier attempt whose index update failed).
-            if is_digest(reference) and upstream.status in (202, 404):
+            if upstream.status in (202, 404):
                 await self.index.remove(name, reference)
+            if upstream.status == 202 and subject is not None:
+                await self.fallback.forget(name, subject, reference, auth)
             return await self.forwarder.relay(request, upstream)
+
+    async def _subject_of(self, name: str, digest: str, auth: str | None) -> str | None:
+        """Which tag-schema index lists the manifest about to be deleted, read before it goes."""
+        if self.fallback.mode is not FallbackMode.WRITE:
+            return None
+        answer = await self.fallback.client.get_manifest(name, digest, auth)
+        if answer.status != 200:
+            return None
+        try:
+            found = inspect_manifest(answer.body, answer.headers.get("Content-Type", ""))
+        except ManifestInvalid:
+            return None
+        return found.subject if found is not None else None
 
     async def get_referrers(self, request: web.Request) -> web.StreamResponse:
         name, subject = request.match_info["name"], request.match_info["digest"]
@@ -109,6 +120,8 @@ class ReferrersApi:
         self, request: web.Request, name: str, subject: str, artifact_types: list[str]
     ) -> web.Response:
         cursor = request.query.get(CURSOR_PARAM)
+        if not cursor:
+            await self.fallback.refresh(name, subject, request.headers.get("Authorization"))
         try:
             after = decode_cursor(cursor) if cursor else 0
         except CursorInvalid as exc:

@@ -8,6 +8,7 @@ position, so a page costs O(log n + page size) and stays stable while new referr
 from __future__ import annotations
 
 from collections.abc import Collection
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -22,6 +23,15 @@ class IndexUnavailable(Exception):
 class Page:
     descriptors: list[bytes]
     next_after: int | None  # position to continue after, or None on the last page
+
+
+@dataclass(frozen=True, slots=True)
+class TagSync:
+    """When the subject's tag-schema index was last read or written, and its digest then
+    ("" when there was none): the ETag to revalidate it with."""
+
+    digest: str
+    at: float
 
 
 class IndexStore(Protocol):
@@ -41,6 +51,14 @@ class IndexStore(Protocol):
     ) -> Page:
         """Up to `limit` descriptors with position > `after`, of any of `artifact_types`
         (all types when empty)."""
+
+    async def tag_sync(self, repository: str, subject: str) -> TagSync | None: ...
+
+    async def set_tag_sync(self, repository: str, subject: str, sync: TagSync) -> None: ...
+
+    def subject_lock(self, repository: str, subject: str) -> AbstractAsyncContextManager[None]:
+        """Held while the subject's tag-schema index is read, changed and written back, so
+        concurrent attaches (in this process or, with Redis, in any replica) lose nothing."""
 
     async def ping(self) -> None:
         """Raise IndexUnavailable when the index cannot serve."""

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import weakref
 from bisect import bisect_right
-from collections.abc import Collection
+from collections.abc import AsyncIterator, Collection
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
-from proxy.index.base import Page, merge_positions
+from proxy.index.base import Page, TagSync, merge_positions
 from proxy.manifest import Referrer
 
 
@@ -53,6 +56,10 @@ class EmbeddedIndex:
         self._position = 0
         self._subjects: dict[tuple[str, str], _Subject] = {}
         self._recorded: dict[tuple[str, str], _Recorded] = {}
+        self._tag_syncs: dict[tuple[str, str], TagSync] = {}
+        self._locks: weakref.WeakValueDictionary[tuple[str, str], asyncio.Lock] = (
+            weakref.WeakValueDictionary()
+        )
 
     async def add(self, repository: str, referrer: Referrer) -> None:
         key = (repository, referrer.digest)
@@ -101,6 +108,20 @@ class EmbeddedIndex:
         chosen, more = merge_positions(runs, limit)
         descriptors = [entry.descriptors[digest] for _, digest in chosen]
         return Page(descriptors, chosen[-1][0] if more else None)
+
+    async def tag_sync(self, repository: str, subject: str) -> TagSync | None:
+        return self._tag_syncs.get((repository, subject))
+
+    async def set_tag_sync(self, repository: str, subject: str, sync: TagSync) -> None:
+        self._tag_syncs[(repository, subject)] = sync
+
+    @asynccontextmanager
+    async def subject_lock(self, repository: str, subject: str) -> AsyncIterator[None]:
+        lock = self._locks.get((repository, subject))
+        if lock is None:
+            lock = self._locks[(repository, subject)] = asyncio.Lock()
+        async with lock:
+            yield
 
     async def ping(self) -> None:
         return None

@@ -29,3 +29,11 @@ def subject_descriptors(repository: str, subject: str) -> str:
 def referrer(repository: str, digest: str) -> str:
     """Hash: which subject and artifact type a referrer was recorded under."""
     return f"{PREFIX}:{{{repository}|{digest}}}:referrer"
+
+
+def tag_sync(repository: str, subject: str) -> str:
+    return f"{PREFIX}:{{{repository}|{subject}}}:tag-sync"
+
+
+def subject_lock(repository: str, subject: str) -> str:
+    return f"{PREFIX}:{{{repository}|{subject}}}:lock"

@@ -10,10 +10,11 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from proxy.index import keys
-from proxy.index.base import IndexUnavailable, Page, merge_positions
+from proxy.index.base import IndexUnavailable, Page, TagSync, merge_positions
 from proxy.manifest import Referrer
 
 log = logging.getLogger(__name__)
+LOCK_SECONDS = 30.0
 
 
 @asynccontextmanager
@@ -112,6 +113,40 @@ class RedisIndex:
         # A referrer removed between the two reads is simply left out.
         descriptors = [descriptor for descriptor in found if isinstance(descriptor, bytes)]
         return Page(descriptors, chosen[-1][0] if more else None)
+
+    async def tag_sync(self, repository: str, subject: str) -> TagSync | None:
+        async with _guard("read"):
+            digest, at = await self._redis.hmget(
+                keys.tag_sync(repository, subject), ["digest", "at"]
+            )
+        if digest is None or at is None:
+            return None
+        return TagSync(_text(digest), float(at))
+
+    async def set_tag_sync(self, repository: str, subject: str, sync: TagSync) -> None:
+        async with _guard("write"):
+            await self._redis.hset(
+                keys.tag_sync(repository, subject), mapping={"digest": sync.digest, "at": sync.at}
+            )
+
+    @asynccontextmanager
+    async def subject_lock(self, repository: str, subject: str) -> AsyncIterator[None]:
+        """redis-py's lock: a token set with NX and an expiry, released only by its owner, so a
+        crashed holder blocks the subject for at most LOCK_SECONDS."""
+        lock = self._redis.lock(
+            keys.subject_lock(repository, subject),
+            timeout=LOCK_SECONDS,
+            blocking_timeout=LOCK_SECONDS,
+            sleep=0.01,
+        )
+        async with _guard("lock"):
+            if not await lock.acquire():
+                raise IndexUnavailable(f"{repository} {subject} stayed locked {LOCK_SECONDS} s")
+        try:
+            yield
+        finally:
+            async with _guard("unlock"):
+                await lock.release()
 
     async def ping(self) -> None:
         async with _guard("ping"):

@@ -12,6 +12,7 @@ import pytest
 import redis.asyncio as aioredis
 from yarl import URL
 
+from proxy.config import FallbackMode
 from tests.conftest import StartProxy
 from tests.harness.processes import Redis, Registry, free_port
 from tests.oci import (
@@ -274,7 +275,9 @@ async def test_pagination_over_5000_referrers_is_complete_and_stable(
     request: pytest.FixtureRequest,
 ) -> None:
     redis_url = request.getfixturevalue("redis_server").url if kind == "redis" else None
-    proxy = await start_proxy(registry.url, referrers_page_size=500, redis_url=redis_url)
+    proxy = await start_proxy(
+        registry.url, referrers_page_size=500, redis_url=redis_url, fallback_tags=FallbackMode.OFF
+    )
     image = await image_with_empty_config(http, proxy, repo)
     limit = asyncio.Semaphore(16)
 

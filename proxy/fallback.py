@@ -1,0 +1,180 @@
+"""The referrers tag schema in the upstream: read into the index, and kept up to date.
+
+The registry holds the truth (a tagged index survives `garbage-collect --delete-untagged` and a
+lost Redis); the index is the fast path. Reads are revalidated at most every `refresh` seconds;
+writes go through the subject's lock, so concurrent attaches lose nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+
+import aiohttp
+
+from proxy.config import FallbackMode
+from proxy.errors import OCIError
+from proxy.index import IndexStore
+from proxy.index.base import TagSync
+from proxy.manifest import IMAGE_INDEX, Referrer
+from proxy.referrers import render_index
+from proxy.registry_client import Answer, RegistryClient
+from proxy.tagschema import TagIndex, TagIndexInvalid, parse_tag_index, tag_name, tag_names
+
+log = logging.getLogger(__name__)
+
+
+def _parse(repository: str, subject: str, tag: str, answer: Answer) -> TagIndex | None:
+    try:
+        return parse_tag_index(
+            subject, answer.body, answer.headers.get("Content-Type", ""), answer.content_digest
+        )
+    except TagIndexInvalid as exc:
+        log.warning("ignoring %s:%s, not a referrers index: %s", repository, tag, exc)
+        return None
+
+
+def apply_changes(listed: list[Referrer], changes: list[Referrer | str]) -> list[Referrer]:
+    """The list after `changes` in order: a Referrer is added unless listed, a digest removed."""
+    kept = list(listed)
+    for change in changes:
+        if isinstance(change, str):
+            kept = [r for r in kept if r.digest != change]
+        elif all(r.digest != change.digest for r in kept):
+            kept.append(change)
+    return kept
+
+
+@dataclass
+class _Batch:
+    changes: list[Referrer | str] = field(default_factory=list)
+    task: asyncio.Task[None] = field(init=False)
+
+
+class FallbackTags:
+    def __init__(
+        self, client: RegistryClient, index: IndexStore, mode: FallbackMode, refresh: float
+    ) -> None:
+        self.client = client
+        self.index = index
+        self.mode = mode
+        self.refresh_seconds = refresh
+        self._pending: dict[tuple[str, str, str | None], _Batch] = {}
+
+    async def refresh(self, repository: str, subject: str, auth: str | None) -> None:
+        """Bring the referrers that legacy clients listed upstream into the index, unless it
+        looked less than `refresh_seconds` ago. An upstream that cannot be read is logged and
+        skipped: the index still answers."""
+        if self.mode is FallbackMode.OFF:
+            return
+        known = await self.index.tag_sync(repository, subject)
+        now = time.time()
+        if known is not None and now - known.at < self.refresh_seconds:
+            return
+        names = tag_names(subject)
+        etag = known.digest if known is not None and len(names) == 1 else None
+        digest = ""
+        try:
+            for tag in names:
+                answer = await self.client.get_manifest(repository, tag, auth, etag=etag)
+                if answer.status == 304:
+                    digest = etag or ""
+                elif answer.status == 200:
+                    found = _parse(repository, subject, tag, answer)
+                    if found is not None:
+                        for referrer in found.referrers:
+                            await self.index.add(repository, referrer)
+                        digest = digest or found.digest
+                elif answer.status != 404:
+                    log.info("%s:%s unreadable upstream (%d)", repository, tag, answer.status)
+                    return
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            log.warning("%s %s: tag-schema read failed: %r", repository, subject, exc)
+            return
+        await self.index.set_tag_sync(repository, subject, TagSync(digest, now))
+
+    async def record(self, repository: str, referrer: Referrer, auth: str | None) -> None:
+        if self.mode is FallbackMode.WRITE:
+            await self._change(repository, referrer.subject, auth, referrer)
+
+    async def forget(self, repository: str, subject: str, digest: str, auth: str | None) -> None:
+        if self.mode is FallbackMode.WRITE:
+            await self._change(repository, subject, auth, digest)
+
+    async def _change(
+        self, repository: str, subject: str, auth: str | None, change: Referrer | str
+    ) -> None:
+        """Join the subject's next write (group commit) and wait until it is in the registry.
+
+        Changes that arrive while a write waits for the subject's lock ride along with it, so
+        N concurrent attaches cost far fewer than N rewrites of the index. Only callers with the
+        same credentials share a write: the proxy never writes with anyone else's.
+        """
+        key = (repository, subject, auth)
+        batch = self._pending.get(key)
+        if batch is None:
+            batch = self._pending[key] = _Batch()
+            batch.task = asyncio.create_task(self._flush(key, batch))
+        batch.changes.append(change)
+        await asyncio.shield(batch.task)
+
+    async def _flush(self, key: tuple[str, str, str | None], batch: _Batch) -> None:
+        repository, subject, auth = key
+        async with self.index.subject_lock(repository, subject):
+            if self._pending.get(key) is batch:
+                del self._pending[key]
+            await self._write(repository, subject, auth, batch.changes)
+
+    async def _write(
+        self, repository: str, subject: str, auth: str | None, changes: list[Referrer | str]
+    ) -> None:
+        """Read, change and write back the subject's tag-schema index (under its lock); then
+        delete the superseded index by digest so no garbage piles up."""
+        tag = tag_name(subject)
+        answer = await self.client.get_manifest(repository, tag, auth)
+        current: TagIndex | None = None
+        if answer.status == 200:
+            current = _parse(repository, subject, tag, answer)
+            if current is None:
+                return  # never overwrite what is not ours to read
+        elif answer.status != 404:
+            raise _upstream_refused("read", repository, tag, answer)
+        listed = current.referrers if current is not None else []
+        kept = apply_changes(listed, changes)
+        for referrer in kept:
+            await self.index.add(repository, referrer)
+        if kept == listed:
+            return
+        digest = ""
+        if kept:
+            body = render_index(r.descriptor for r in kept)
+            put = await self.client.put_manifest(repository, tag, body, IMAGE_INDEX, auth)
+            if put.status != 201:
+                raise _upstream_refused("write", repository, tag, put)
+            digest = put.headers.get("Docker-Content-Digest", "")
+        if current is not None and current.digest != digest:
+            await self._delete_superseded(repository, tag, current.digest, auth)
+        await self.index.set_tag_sync(repository, subject, TagSync(digest, time.time()))
+        log.info(
+            "%s:%s now lists %d referrers (%d changes)", repository, tag, len(kept), len(changes)
+        )
+
+    async def _delete_superseded(
+        self, repository: str, tag: str, digest: str, auth: str | None
+    ) -> None:
+        gone = await self.client.delete_manifest(repository, digest, auth)
+        if gone.status not in (202, 404):
+            log.warning(
+                "%s: superseded %s index %s not deleted (%d)", repository, tag, digest, gone.status
+            )
+
+
+def _upstream_refused(action: str, repository: str, tag: str, answer: Answer) -> OCIError:
+    log.error(
+        "%s:%s: upstream refused the tag-schema %s (%d)", repository, tag, action, answer.status
+    )
+    return OCIError(
+        502, "UNAVAILABLE", f"upstream refused to {action} referrers tag {tag} ({answer.status})"
+    )

@@ -1,0 +1,103 @@
+"""Pure rules of the referrers tag schema (distribution-spec "Referrers Tag Schema").
+
+Legacy clients keep, for each subject `<alg>:<encoded>`, an image index tagged with a name derived
+from the digest that lists its referrers. The proxy reads those indexes, and writes them.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from proxy.manifest import IMAGE_INDEX, IMAGE_MANIFEST, Referrer
+from proxy.names import digest_error
+
+_NOT_TAG_CHARS = re.compile(r"[^a-zA-Z0-9._-]")
+_TAG = re.compile(r"[a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}")
+# The names the schema gives to registered-algorithm digests: hidden from tag lists.
+_SCHEMA_TAG = re.compile(r"(?:sha256|sha512)-[a-f0-9]{64}")
+_MANIFEST_TYPES = frozenset({IMAGE_MANIFEST, IMAGE_INDEX})
+
+
+class TagIndexInvalid(ValueError):
+    """What the tag points at is not a referrers index for that subject."""
+
+
+def tag_name(digest: str) -> str:
+    """Algorithm cut to 32 characters, `-`, encoded part cut to 64; other characters become `-`."""
+    algorithm, _, encoded = digest.partition(":")
+    return _NOT_TAG_CHARS.sub("-", f"{algorithm[:32]}-{encoded[:64]}")
+
+
+def tag_names(digest: str) -> list[str]:
+    """The current name, then the older untruncated one where it differs and is a valid tag."""
+    current = tag_name(digest)
+    legacy = digest.replace(":", "-", 1)
+    names = [current]
+    if legacy != current and _TAG.fullmatch(legacy):
+        names.append(legacy)
+    return names
+
+
+def is_tag_schema_name(tag: str) -> bool:
+    return _SCHEMA_TAG.fullmatch(tag) is not None
+
+
+@dataclass(frozen=True, slots=True)
+class TagIndex:
+    digest: str
+    referrers: list[Referrer]
+
+
+def _referrer(subject: str, entry: Any) -> Referrer:
+    if not isinstance(entry, dict):
+        raise TagIndexInvalid("a listed descriptor is not an object")
+    media_type, digest, size = entry.get("mediaType"), entry.get("digest"), entry.get("size")
+    if media_type not in _MANIFEST_TYPES:
+        raise TagIndexInvalid(f"a listed descriptor has mediaType {media_type!r}")
+    if not isinstance(digest, str) or digest_error(digest):
+        raise TagIndexInvalid(f"a listed descriptor has digest {digest!r}")
+    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+        raise TagIndexInvalid(f"a listed descriptor has size {size!r}")
+    descriptor: dict[str, Any] = {"mediaType": media_type, "digest": digest, "size": size}
+    artifact_type = entry.get("artifactType")
+    if isinstance(artifact_type, str) and artifact_type:
+        descriptor["artifactType"] = artifact_type
+    else:
+        artifact_type = None
+    annotations = entry.get("annotations")
+    if isinstance(annotations, dict) and annotations:
+        descriptor["annotations"] = annotations
+    return Referrer(subject, digest, artifact_type, orjson.dumps(descriptor))
+
+
+def parse_tag_index(subject: str, body: bytes, content_type: str, digest: str) -> TagIndex:
+    """The referrers a tag-schema index lists, checked: it must be an OCI image index, and not
+    the subject itself (some registries resolve `sha256-<hex>` to the subject: oras-go#1396)."""
+    if digest == subject:
+        raise TagIndexInvalid("the tag resolves to the subject itself")
+    if content_type.split(";", 1)[0].strip() != IMAGE_INDEX:
+        raise TagIndexInvalid(f"the tag holds {content_type!r}, not an image index")
+    try:
+        document = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise TagIndexInvalid("the tag holds no JSON") from exc
+    if not isinstance(document, dict) or not isinstance(document.get("manifests"), list):
+        raise TagIndexInvalid("the tag holds no list of manifests")
+    if document.get("mediaType", IMAGE_INDEX) != IMAGE_INDEX:
+        raise TagIndexInvalid("the tag's mediaType is not an image index")
+    return TagIndex(digest, [_referrer(subject, entry) for entry in document["manifests"]])
+
+
+def visible_tags(tags: list[str], last: str | None, n: int | None) -> tuple[list[str], bool]:
+    """One page of a tag list without tag-schema names, ASCIIbetical, starting after `last`;
+    and whether more follow."""
+    kept = sorted(tag for tag in set(tags) if not is_tag_schema_name(tag))
+    if last is not None:
+        kept = [tag for tag in kept if tag > last]
+    if n is None:
+        return kept, False
+    return kept[:n], len(kept) > n
