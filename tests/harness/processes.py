@@ -6,6 +6,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -206,3 +207,39 @@ def running_redis(workdir: Path, *, port: int | None = None) -> Iterator[Redis]:
         yield Redis(f"redis://127.0.0.1:{port}/0", port, process)
     finally:
         _stop(process)
+
+
+@dataclass(frozen=True)
+class ProxyProcess:
+    url: str
+    process: subprocess.Popen[bytes]
+
+
+@contextmanager
+def running_proxy(workdir: Path, upstream: str, *args: str) -> Iterator[ProxyProcess]:
+    """`python -m proxy serve` as operators run it, in its own process."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    log = (workdir / f"proxy-{port}.log").open("ab")
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "proxy",
+            "serve",
+            "--upstream",
+            upstream,
+            "--listen",
+            f"127.0.0.1:{port}",
+            *args,
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until(lambda: _http_answers(f"{url}/v2/"), f"proxy on port {port}", process)
+        yield ProxyProcess(url, process)
+    finally:
+        _stop(process)
+        log.close()
