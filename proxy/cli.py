@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
+import base64
 import logging
 import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from proxy import __version__
@@ -111,6 +114,32 @@ SERVE_OPTIONS: tuple[Option, ...] = (
 )
 
 
+_REINDEX_SHARED = frozenset(
+    {
+        "upstream",
+        "redis-url",
+        "upstream-ca-file",
+        "upstream-insecure",
+        "connect-timeout",
+        "read-timeout",
+        "log-level",
+    }
+)
+REINDEX_OPTIONS: tuple[Option, ...] = (
+    *(option for option in SERVE_OPTIONS if option.flag in _REINDEX_SHARED),
+    Option("upstream-username", str, "user for HTTP Basic auth to the upstream (reindex only)"),
+    Option("upstream-password", str, "its password; prefer the env var (reindex only)"),
+)
+
+
+@dataclass(frozen=True)
+class ReindexCommand:
+    settings: Settings
+    repositories: list[str]
+    auth: str | None
+    resume: Path | None
+
+
 def _add_options(parser: argparse.ArgumentParser, options: Sequence[Option]) -> None:
     for option in options:
         if option.is_switch:
@@ -131,14 +160,30 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     serve = commands.add_parser("serve", help="run the proxy")
     _add_options(serve, SERVE_OPTIONS)
+    reindex = commands.add_parser("reindex", help="rebuild the index from the registry's content")
+    _add_options(reindex, REINDEX_OPTIONS)
+    reindex.add_argument(
+        "--repository",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="only this repository (repeatable); default: every repository in the catalog",
+    )
+    reindex.add_argument(
+        "--resume",
+        metavar="FILE",
+        type=Path,
+        help="checkpoint: finished repositories are appended to FILE, and skipped if it lists them",
+    )
     return parser
 
 
-def settings_from_args(argv: Sequence[str], environ: Mapping[str, str]) -> Settings:
-    """Flags first, then env vars, then the Settings defaults."""
-    args = build_parser().parse_args(list(argv))
+def _option_values(
+    args: argparse.Namespace, environ: Mapping[str, str], options: Sequence[Option]
+) -> dict[str, Any]:
+    """Flags first, then env vars; what neither sets keeps the Settings default."""
     values: dict[str, Any] = {}
-    for option in SERVE_OPTIONS:
+    for option in options:
         text = getattr(args, option.dest)
         source = f"--{option.flag}"
         if text is None and option.env in environ:
@@ -155,14 +200,68 @@ def settings_from_args(argv: Sequence[str], environ: Mapping[str, str]) -> Setti
             values["listen_host"], values["listen_port"] = value
         else:
             values[option.dest] = value
-    return Settings(**values)
+    return values
+
+
+def settings_from_args(argv: Sequence[str], environ: Mapping[str, str]) -> Settings:
+    return _serve_settings(build_parser().parse_args(list(argv)), environ)
+
+
+def reindex_from_args(argv: Sequence[str], environ: Mapping[str, str]) -> ReindexCommand:
+    return _reindex_command(build_parser().parse_args(list(argv)), environ)
+
+
+def _serve_settings(args: argparse.Namespace, environ: Mapping[str, str]) -> Settings:
+    return Settings(**_option_values(args, environ, SERVE_OPTIONS))
+
+
+def _reindex_command(args: argparse.Namespace, environ: Mapping[str, str]) -> ReindexCommand:
+    values = _option_values(args, environ, REINDEX_OPTIONS)
+    username = values.pop("upstream_username", None)
+    password = values.pop("upstream_password", "")
+    auth = None
+    if username is not None:
+        auth = "Basic " + base64.b64encode(f"{username}:{password}".encode()).decode()
+    return ReindexCommand(Settings(**values), args.repository, auth, args.resume)
+
+
+def _run_reindex(command: ReindexCommand) -> int:
+    from proxy.reindex import ReindexFailed, reindex
+
+    done = set()
+    if command.resume is not None and command.resume.exists():
+        done = set(command.resume.read_text().split())
+    marks = command.resume.open("a") if command.resume is not None else None
+    try:
+        summary = asyncio.run(
+            reindex(
+                command.settings,
+                repositories=command.repositories,
+                auth=command.auth,
+                done=done,
+                marks=marks,
+            )
+        )
+    except ReindexFailed as exc:
+        sys.stderr.write(f"referrers-proxy reindex: {exc}\n")
+        return 1
+    finally:
+        if marks is not None:
+            marks.close()
+    return 1 if summary.errors else 0
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     from proxy.server import serve
 
+    args = build_parser().parse_args(sys.argv[1:] if argv is None else list(argv))
+    command = args.command
     try:
-        settings = settings_from_args(sys.argv[1:] if argv is None else argv, os.environ)
+        if command == "reindex":
+            reindex = _reindex_command(args, os.environ)
+            settings = reindex.settings
+        else:
+            settings = _serve_settings(args, os.environ)
     except SettingsError as exc:
         sys.stderr.write(f"referrers-proxy: {exc}\n")
         raise SystemExit(2) from exc
@@ -170,4 +269,6 @@ def main(argv: Sequence[str] | None = None) -> None:
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if command == "reindex":
+        raise SystemExit(_run_reindex(reindex))
     serve(settings)

@@ -55,7 +55,7 @@ class TagListApi:
                 tags += orjson.loads(answer.body).get("tags") or []
             except (orjson.JSONDecodeError, AttributeError) as exc:
                 raise OCIError(502, "UNAVAILABLE", "upstream tag list is not JSON") from exc
-            path = _next_upstream_page(answer.headers.get("Link"))
+            path = next_upstream_page(answer.headers.get("Link"))
         else:
             log.warning("%s: tag list longer than %d upstream pages, cut", name, MAX_UPSTREAM_PAGES)
         page, more = visible_tags(tags, last, n)
@@ -66,7 +66,7 @@ class TagListApi:
         return web.Response(body=orjson.dumps({"name": name, "tags": page}), headers=answer_headers)
 
 
-def _next_upstream_page(link: str | None) -> str | None:
+def next_upstream_page(link: str | None) -> str | None:
     """The path of the upstream's rel="next" page, if it paginates."""
     if not link or 'rel="next"' not in link:
         return None

@@ -1,0 +1,115 @@
+"""`referrers-proxy reindex` rebuilds a wiped Redis from what the registry holds."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import aiohttp
+import orjson
+import pytest
+import redis.asyncio as aioredis
+
+from proxy.config import FallbackMode
+from tests.conftest import AUTH_PASSWORD, AUTH_USER, StartProxy
+from tests.harness.processes import Redis, Registry, running_registry
+from tests.integration.test_tag_schema import legacy_attach, listed, subject_image
+from tests.oci import artifact_manifest, basic_auth, push_manifest, sha256
+
+
+@pytest.fixture(scope="module")
+def own_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
+    """A registry of its own, so the catalog holds only what these tests put there."""
+    with running_registry(tmp_path_factory.mktemp("reindex-registry")) as started:
+        yield started
+
+
+async def run_reindex(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
+    done = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "proxy", "reindex", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, **(env or {})},
+    )
+    return done.returncode, done.stdout, done.stderr
+
+
+async def wipe(redis_server: Redis) -> None:
+    client = aioredis.Redis.from_url(redis_server.url)
+    await client.flushdb()
+    await client.aclose()
+
+
+async def test_reindex_rebuilds_a_wiped_redis(
+    http: aiohttp.ClientSession,
+    start_proxy: StartProxy,
+    own_registry: Registry,
+    redis_server: Redis,
+    tmp_path: Path,
+) -> None:
+    await wipe(redis_server)
+    writer = await start_proxy(own_registry.url, redis_url=redis_server.url)
+    repo, other = "team/app", "team/other"
+    image = await subject_image(http, writer, repo)
+    via_proxy = [artifact_manifest(image, annotations={"n": str(n)}) for n in range(3)]
+    for manifest in via_proxy:
+        assert (await push_manifest(http, writer, repo, manifest)).status == 201
+    legacy = await legacy_attach(http, own_registry, repo, image, 9)
+    tagged = artifact_manifest(image, annotations={"tagged": "yes"})
+    assert (await push_manifest(http, own_registry.url, repo, tagged, "signature")).status == 201
+    other_image = await subject_image(http, writer, other)
+    other_referrer = artifact_manifest(other_image)
+    assert (await push_manifest(http, writer, other, other_referrer)).status == 201
+    expected = {sha256(m) for m in [*via_proxy, legacy, tagged]}
+
+    await wipe(redis_server)
+    index_only = await start_proxy(
+        own_registry.url, redis_url=redis_server.url, fallback_tags=FallbackMode.OFF
+    )
+    assert await listed(http, index_only, repo, image) == []
+
+    checkpoint = tmp_path / "reindex.done"
+    args = ("--upstream", own_registry.url, "--redis-url", redis_server.url)
+    code, out, err = await run_reindex(*args, "--resume", str(checkpoint))
+    assert code == 0, err
+    assert "repositories 2," in out
+    assert "referrers indexed 6," in out
+    assert "errors 0" in out
+    assert set(await listed(http, index_only, repo, image)) == expected
+    assert await listed(http, index_only, other, other_image) == [sha256(other_referrer)]
+    assert sorted(checkpoint.read_text().split()) == sorted([repo, other])
+
+    code, out, _ = await run_reindex(*args, "--resume", str(checkpoint))
+    assert (code, "resumed past 2" in out, "repositories 0," in out) == (0, True, True)
+    code, out, _ = await run_reindex(*args, "--repository", repo)
+    assert code == 0
+    assert "repositories 1," in out
+    listed_again = await listed(http, index_only, repo, image)
+    assert len(listed_again) == len(set(listed_again)) == len(expected), "idempotent"
+
+
+async def test_reindex_with_basic_auth_and_without(
+    http: aiohttp.ClientSession, auth_registry: Registry, redis_server: Redis
+) -> None:
+    args = ("--upstream", auth_registry.url, "--redis-url", redis_server.url)
+    code, _, err = await run_reindex(*args)
+    assert code == 1
+    assert "401" in err
+    env = {
+        "REFERRERS_PROXY_UPSTREAM_USERNAME": AUTH_USER,
+        "REFERRERS_PROXY_UPSTREAM_PASSWORD": AUTH_PASSWORD,
+    }
+    code, out, err = await run_reindex(*args, env=env)
+    assert code == 0, err
+    assert "errors 0" in out
+    async with http.get(
+        f"{auth_registry.url}/v2/_catalog", headers=basic_auth(AUTH_USER, AUTH_PASSWORD)
+    ) as r:
+        repositories = orjson.loads(await r.read())["repositories"]
+    assert f"repositories {len(repositories)}," in out
