@@ -27,6 +27,7 @@ from proxy.upstream import open_session
 
 log = logging.getLogger(__name__)
 MAX_PAGES = 10_000
+BAR_WIDTH = 24
 REINDEX_MAX_BODY = 64 * MiB  # catalog and tag lists can be far larger than a manifest
 _CHILD_LISTS = frozenset({IMAGE_INDEX, "application/vnd.docker.distribution.manifest.list.v2+json"})
 
@@ -87,7 +88,9 @@ class Reindexer:
         self.progress.write("\n" if self.progress.isatty() else "")
 
     def _show(self, position: int, total: int, name: str) -> None:
-        text = f"[{position}/{total}] {name}: {self.summary.line()}"
+        filled = BAR_WIDTH * position // max(total, 1)
+        bar = "#" * filled + "." * (BAR_WIDTH - filled)
+        text = f"[{bar}] {position}/{total} {name}: {self.summary.line()}"
         if self.progress.isatty():
             self.progress.write(f"\r\033[K{text}")
         else:
