@@ -104,3 +104,62 @@ def artifact_manifest(
     if annotations:
         body["annotations"] = annotations
     return orjson.dumps(body)
+
+
+async def push_subject_image(http: aiohttp.ClientSession, base: str, repo: str) -> bytes:
+    """An image to attach to. FIELD-NOTES: Distribution refuses a referrer (400
+    MANIFEST_BLOB_UNKNOWN) whose empty-config blob is missing from the repository."""
+    await push_blob(http, base, repo, EMPTY_JSON)
+    return await push_image(http, base, repo, "v1")
+
+
+def legacy_tag(subject: bytes) -> str:
+    """The tag oras, regctl and cosign use for a sha256 subject, written out independently of
+    the proxy's own naming code."""
+    return sha256(subject).replace(":", "-")
+
+
+async def listed_referrers(
+    http: aiohttp.ClientSession, base: str, repo: str, subject: bytes
+) -> list[str]:
+    async with http.get(f"{base}/v2/{repo}/referrers/{sha256(subject)}") as response:
+        assert response.status == 200
+        assert response.headers["Content-Type"] == INDEX
+        return [d["digest"] for d in orjson.loads(await response.read())["manifests"]]
+
+
+async def read_tag_index(
+    http: aiohttp.ClientSession, registry_url: str, repo: str, subject: bytes
+) -> tuple[int, list[dict[str, Any]], str | None]:
+    """What the registry itself holds under the subject's tag-schema name: status, the listed
+    descriptors and the index's digest."""
+    async with http.get(
+        f"{registry_url}/v2/{repo}/manifests/{legacy_tag(subject)}", headers={"Accept": INDEX}
+    ) as response:
+        if response.status != 200:
+            return response.status, [], None
+        assert response.content_type == INDEX
+        body = orjson.loads(await response.read())
+        return 200, body["manifests"], response.headers["Docker-Content-Digest"]
+
+
+async def legacy_attach(
+    http: aiohttp.ClientSession, registry_url: str, repo: str, subject: bytes, n: int
+) -> bytes:
+    """What oras or regctl do against a registry that sends no OCI-Subject: push the referrer,
+    then append it to the tag-schema index."""
+    artifact_type = "application/vnd.example.sbom.v1"
+    referrer = artifact_manifest(
+        subject, artifact_type=artifact_type, annotations={"legacy": str(n)}
+    )
+    assert (await push_manifest(http, registry_url, repo, referrer)).status == 201
+    _, manifests, _ = await read_tag_index(http, registry_url, repo, subject)
+    manifests.append(
+        descriptor(MANIFEST, referrer, artifactType=artifact_type, annotations={"legacy": str(n)})
+    )
+    index = orjson.dumps({"schemaVersion": 2, "mediaType": INDEX, "manifests": manifests})
+    tagged = await push_manifest(
+        http, registry_url, repo, index, legacy_tag(subject), media_type=INDEX
+    )
+    assert tagged.status == 201
+    return referrer

@@ -24,6 +24,7 @@ from tests.oci import (
     push_blob,
     push_image,
     push_manifest,
+    push_subject_image,
     sha256,
 )
 
@@ -65,16 +66,10 @@ async def attach(
     return manifest
 
 
-async def image_with_empty_config(http: aiohttp.ClientSession, proxy: str, repo: str) -> bytes:
-    """FIELD-NOTES: Distribution refuses a referrer whose empty-config blob is missing."""
-    await push_blob(http, proxy, repo, EMPTY_JSON)
-    return await push_image(http, proxy, repo, "v1")
-
-
 async def test_attach_answers_oci_subject_and_lists_the_exact_descriptor(
     http: aiohttp.ClientSession, index_proxy: str, registry: Registry, repo: str
 ) -> None:
-    image = await image_with_empty_config(http, index_proxy, repo)
+    image = await push_subject_image(http, index_proxy, repo)
     annotations = {"org.opencontainers.image.created": "2026-11-23T00:00:00Z", "x": "y"}
     sbom = await attach(http, index_proxy, repo, image, annotations=annotations)
     response, index = await referrers(http, index_proxy, repo, sha256(image))
@@ -103,7 +98,7 @@ async def test_attach_answers_oci_subject_and_lists_the_exact_descriptor(
 async def test_artifact_type_rules(
     http: aiohttp.ClientSession, index_proxy: str, repo: str
 ) -> None:
-    image = await image_with_empty_config(http, index_proxy, repo)
+    image = await push_subject_image(http, index_proxy, repo)
     explicit = await attach(http, index_proxy, repo, image, artifact_type=SIGNATURE)
     from_config = await attach(http, index_proxy, repo, image, artifact_type=None)
     index_referrer = orjson.dumps(
@@ -131,7 +126,7 @@ async def test_artifact_type_rules(
 async def test_artifact_type_filter_one_or_several(
     http: aiohttp.ClientSession, index_proxy: str, repo: str
 ) -> None:
-    image = await image_with_empty_config(http, index_proxy, repo)
+    image = await push_subject_image(http, index_proxy, repo)
     sbom = await attach(http, index_proxy, repo, image, artifact_type=SBOM)
     signature = await attach(http, index_proxy, repo, image, artifact_type=SIGNATURE)
     await attach(http, index_proxy, repo, image, artifact_type="application/vnd.other")
@@ -185,9 +180,9 @@ async def test_bad_names_and_digests_are_400(
 async def test_referrers_never_cross_repositories(
     http: aiohttp.ClientSession, index_proxy: str, repo: str
 ) -> None:
-    image = await image_with_empty_config(http, index_proxy, repo)
+    image = await push_subject_image(http, index_proxy, repo)
     other = f"{repo}/nested"
-    await image_with_empty_config(http, index_proxy, other)
+    await push_subject_image(http, index_proxy, other)
     await attach(http, index_proxy, repo, image)
     _, index = await referrers(http, index_proxy, other, sha256(image))
     assert index["manifests"] == []
@@ -196,7 +191,7 @@ async def test_referrers_never_cross_repositories(
 async def test_deleted_referrers_disappear_but_a_deleted_subject_keeps_them(
     http: aiohttp.ClientSession, index_proxy: str, repo: str
 ) -> None:
-    image = await image_with_empty_config(http, index_proxy, repo)
+    image = await push_subject_image(http, index_proxy, repo)
     kept = await attach(http, index_proxy, repo, image, artifact_type=SBOM)
     gone = await attach(http, index_proxy, repo, image, artifact_type=SIGNATURE)
     async with http.delete(f"{index_proxy}/v2/{repo}/manifests/{sha256(gone)}") as deleted:
@@ -278,7 +273,7 @@ async def test_pagination_over_5000_referrers_is_complete_and_stable(
     proxy = await start_proxy(
         registry.url, referrers_page_size=500, redis_url=redis_url, fallback_tags=FallbackMode.OFF
     )
-    image = await image_with_empty_config(http, proxy, repo)
+    image = await push_subject_image(http, proxy, repo)
     limit = asyncio.Semaphore(16)
 
     async def one(n: int) -> str:
@@ -332,7 +327,7 @@ async def test_redis_down_gives_503_and_the_retry_records_the_referrer(
 
     port = free_port()
     proxy = await start_proxy(registry.url, redis_url=f"redis://127.0.0.1:{port}/0")
-    image = await image_with_empty_config(http, proxy, repo)
+    image = await push_subject_image(http, proxy, repo)
     response, body = await referrers(http, proxy, repo, sha256(image))
     assert response.status == 503
     assert orjson.loads(body["raw"])["errors"][0]["code"] == "UNAVAILABLE"
@@ -353,7 +348,7 @@ async def test_distribution_itself_has_no_referrers_api(
     async with http.get(f"{registry.url}/v2/{repo}/referrers/{ZERO}") as response:
         assert response.status == 404
         assert response.content_type == "text/plain"
-    image = await image_with_empty_config(http, registry.url, repo)
+    image = await push_subject_image(http, registry.url, repo)
     await push_blob(http, registry.url, repo, EMPTY_JSON)
     direct = await push_manifest(http, registry.url, repo, artifact_manifest(image))
     assert direct.status == 201

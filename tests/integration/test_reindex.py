@@ -17,8 +17,15 @@ import redis.asyncio as aioredis
 from proxy.config import FallbackMode
 from tests.conftest import AUTH_PASSWORD, AUTH_USER, StartProxy
 from tests.harness.processes import Redis, Registry, running_registry
-from tests.integration.test_tag_schema import legacy_attach, listed, subject_image
-from tests.oci import artifact_manifest, basic_auth, push_manifest, sha256
+from tests.oci import (
+    artifact_manifest,
+    basic_auth,
+    legacy_attach,
+    listed_referrers,
+    push_manifest,
+    push_subject_image,
+    sha256,
+)
 
 
 @pytest.fixture(scope="module")
@@ -56,14 +63,14 @@ async def test_reindex_rebuilds_a_wiped_redis(
     await wipe(redis_server)
     writer = await start_proxy(own_registry.url, redis_url=redis_server.url)
     repo, other = "team/app", "team/other"
-    image = await subject_image(http, writer, repo)
+    image = await push_subject_image(http, writer, repo)
     via_proxy = [artifact_manifest(image, annotations={"n": str(n)}) for n in range(3)]
     for manifest in via_proxy:
         assert (await push_manifest(http, writer, repo, manifest)).status == 201
-    legacy = await legacy_attach(http, own_registry, repo, image, 9)
+    legacy = await legacy_attach(http, own_registry.url, repo, image, 9)
     tagged = artifact_manifest(image, annotations={"tagged": "yes"})
     assert (await push_manifest(http, own_registry.url, repo, tagged, "signature")).status == 201
-    other_image = await subject_image(http, writer, other)
+    other_image = await push_subject_image(http, writer, other)
     other_referrer = artifact_manifest(other_image)
     assert (await push_manifest(http, writer, other, other_referrer)).status == 201
     expected = {sha256(m) for m in [*via_proxy, legacy, tagged]}
@@ -72,7 +79,7 @@ async def test_reindex_rebuilds_a_wiped_redis(
     index_only = await start_proxy(
         own_registry.url, redis_url=redis_server.url, fallback_tags=FallbackMode.OFF
     )
-    assert await listed(http, index_only, repo, image) == []
+    assert await listed_referrers(http, index_only, repo, image) == []
 
     checkpoint = tmp_path / "reindex.done"
     args = ("--upstream", own_registry.url, "--redis-url", redis_server.url)
@@ -81,8 +88,8 @@ async def test_reindex_rebuilds_a_wiped_redis(
     assert "repositories 2," in out
     assert "referrers indexed 6," in out
     assert "errors 0" in out
-    assert set(await listed(http, index_only, repo, image)) == expected
-    assert await listed(http, index_only, other, other_image) == [sha256(other_referrer)]
+    assert set(await listed_referrers(http, index_only, repo, image)) == expected
+    assert await listed_referrers(http, index_only, other, other_image) == [sha256(other_referrer)]
     assert sorted(checkpoint.read_text().split()) == sorted([repo, other])
 
     code, out, _ = await run_reindex(*args, "--resume", str(checkpoint))
@@ -90,7 +97,7 @@ async def test_reindex_rebuilds_a_wiped_redis(
     code, out, _ = await run_reindex(*args, "--repository", repo)
     assert code == 0
     assert "repositories 1," in out
-    listed_again = await listed(http, index_only, repo, image)
+    listed_again = await listed_referrers(http, index_only, repo, image)
     assert len(listed_again) == len(set(listed_again)) == len(expected), "idempotent"
 
 

@@ -14,16 +14,18 @@ import pytest
 import redis.asyncio as aioredis
 
 from proxy.config import FallbackMode
-from proxy.tagschema import tag_name
 from tests.conftest import StartProxy
 from tests.harness.processes import REGISTRY_BIN, Redis, Registry, running_proxy, running_registry
 from tests.oci import (
-    EMPTY_JSON,
     INDEX,
     artifact_manifest,
-    push_blob,
+    legacy_attach,
+    legacy_tag,
+    listed_referrers,
     push_image,
     push_manifest,
+    push_subject_image,
+    read_tag_index,
     sha256,
 )
 
@@ -36,74 +38,19 @@ async def get_json(http: aiohttp.ClientSession, url: str, **kwargs: Any) -> tupl
         return response.status, orjson.loads(body) if response.status == 200 else body
 
 
-async def listed(http: aiohttp.ClientSession, base: str, repo: str, subject: bytes) -> list[str]:
-    status, index = await get_json(http, f"{base}/v2/{repo}/referrers/{sha256(subject)}")
-    assert status == 200
-    return [d["digest"] for d in index["manifests"]]
-
-
 async def tag_index(
     http: aiohttp.ClientSession, registry: Registry, repo: str, subject: bytes
 ) -> tuple[int, list[str], str | None]:
-    """What the registry itself holds under the subject's tag-schema name."""
-    async with http.get(
-        f"{registry.url}/v2/{repo}/manifests/{tag_name(sha256(subject))}",
-        headers={"Accept": INDEX},
-    ) as response:
-        if response.status != 200:
-            return response.status, [], None
-        assert response.content_type == INDEX
-        body = orjson.loads(await response.read())
-        return (
-            200,
-            [d["digest"] for d in body["manifests"]],
-            response.headers["Docker-Content-Digest"],
-        )
-
-
-async def legacy_attach(
-    http: aiohttp.ClientSession, registry: Registry, repo: str, subject: bytes, n: int
-) -> bytes:
-    """What oras or regctl do against a registry without OCI-Subject: push the referrer, then
-    append it to the tag-schema index."""
-    referrer = artifact_manifest(subject, artifact_type=SBOM, annotations={"legacy": str(n)})
-    assert (await push_manifest(http, registry.url, repo, referrer)).status == 201
-    status, _, _ = await tag_index(http, registry, repo, subject)
-    manifests: list[Any] = []
-    if status == 200:
-        async with http.get(
-            f"{registry.url}/v2/{repo}/manifests/{tag_name(sha256(subject))}",
-            headers={"Accept": INDEX},
-        ) as response:
-            manifests = orjson.loads(await response.read())["manifests"]
-    manifests.append(
-        {
-            "mediaType": "application/vnd.oci.image.manifest.v1+json",
-            "digest": sha256(referrer),
-            "size": len(referrer),
-            "artifactType": SBOM,
-            "annotations": {"legacy": str(n)},
-        }
-    )
-    index = orjson.dumps({"schemaVersion": 2, "mediaType": INDEX, "manifests": manifests})
-    tagged = await push_manifest(
-        http, registry.url, repo, index, tag_name(sha256(subject)), media_type=INDEX
-    )
-    assert tagged.status == 201
-    return referrer
-
-
-async def subject_image(http: aiohttp.ClientSession, base: str, repo: str) -> bytes:
-    await push_blob(http, base, repo, EMPTY_JSON)
-    return await push_image(http, base, repo, "v1")
+    status, manifests, digest = await read_tag_index(http, registry.url, repo, subject)
+    return status, [d["digest"] for d in manifests], digest
 
 
 async def test_referrers_written_by_legacy_clients_are_listed(
     http: aiohttp.ClientSession, proxy: str, registry: Registry, repo: str
 ) -> None:
-    image = await subject_image(http, registry.url, repo)
-    first = await legacy_attach(http, registry, repo, image, 1)
-    second = await legacy_attach(http, registry, repo, image, 2)
+    image = await push_subject_image(http, registry.url, repo)
+    first = await legacy_attach(http, registry.url, repo, image, 1)
+    second = await legacy_attach(http, registry.url, repo, image, 2)
     status, index = await get_json(http, f"{proxy}/v2/{repo}/referrers/{sha256(image)}")
     assert status == 200
     assert index["manifests"] == [
@@ -119,14 +66,14 @@ async def test_referrers_written_by_legacy_clients_are_listed(
     third = artifact_manifest(image, artifact_type="application/vnd.example.sig")
     assert (await push_manifest(http, proxy, repo, third)).status == 201
     expected = [sha256(first), sha256(second), sha256(third)]
-    assert await listed(http, proxy, repo, image) == expected
+    assert await listed_referrers(http, proxy, repo, image) == expected
     assert (await tag_index(http, registry, repo, image))[1] == expected
 
 
 async def test_write_through_keeps_the_registry_index_and_deletes_superseded_ones(
     http: aiohttp.ClientSession, proxy: str, registry: Registry, repo: str
 ) -> None:
-    image = await subject_image(http, proxy, repo)
+    image = await push_subject_image(http, proxy, repo)
     first = artifact_manifest(image, annotations={"n": "1"})
     assert (await push_manifest(http, proxy, repo, first)).status == 201
     _, digests, old_index = await tag_index(http, registry, repo, image)
@@ -147,7 +94,7 @@ async def test_write_through_keeps_the_registry_index_and_deletes_superseded_one
     async with http.delete(f"{proxy}/v2/{repo}/manifests/{sha256(second)}") as deleted:
         assert deleted.status == 202
     assert (await tag_index(http, registry, repo, image))[0] == 404, "no empty index left behind"
-    assert await listed(http, proxy, repo, image) == []
+    assert await listed_referrers(http, proxy, repo, image) == []
 
 
 @pytest.mark.parametrize("mode", [FallbackMode.READ, FallbackMode.OFF])
@@ -159,14 +106,14 @@ async def test_read_and_off_modes_never_write_tags(
     mode: FallbackMode,
 ) -> None:
     proxy = await start_proxy(registry.url, fallback_tags=mode)
-    image = await subject_image(http, proxy, repo)
-    legacy = await legacy_attach(http, registry, repo, image, 1)
+    image = await push_subject_image(http, proxy, repo)
+    legacy = await legacy_attach(http, registry.url, repo, image, 1)
     _, _, before = await tag_index(http, registry, repo, image)
     ours = artifact_manifest(image, annotations={"via": "proxy"})
     assert (await push_manifest(http, proxy, repo, ours)).status == 201
     assert (await tag_index(http, registry, repo, image))[2] == before
     expected = {sha256(legacy), sha256(ours)} if mode is FallbackMode.READ else {sha256(ours)}
-    assert set(await listed(http, proxy, repo, image)) == expected
+    assert set(await listed_referrers(http, proxy, repo, image)) == expected
 
 
 async def test_what_the_tag_holds_is_checked_before_it_is_served(
@@ -174,18 +121,18 @@ async def test_what_the_tag_holds_is_checked_before_it_is_served(
 ) -> None:
     """Some registries resolve `sha256-<hex>` to the subject itself (oras-go#1396); and a tag
     may hold anything. Neither is served, nor overwritten."""
-    image = await subject_image(http, registry.url, repo)
-    tagged_subject = await push_manifest(http, registry.url, repo, image, tag_name(sha256(image)))
+    image = await push_subject_image(http, registry.url, repo)
+    tagged_subject = await push_manifest(http, registry.url, repo, image, legacy_tag(image))
     assert tagged_subject.status == 201
-    assert await listed(http, proxy, repo, image) == []
+    assert await listed_referrers(http, proxy, repo, image) == []
     other = await push_image(http, registry.url, repo, "other", layer=b"other")
-    await push_manifest(http, registry.url, repo, other, tag_name(sha256(other)))
-    assert await listed(http, proxy, repo, other) == []
+    await push_manifest(http, registry.url, repo, other, legacy_tag(other))
+    assert await listed_referrers(http, proxy, repo, other) == []
     referrer = artifact_manifest(image)
     assert (await push_manifest(http, proxy, repo, referrer)).status == 201
-    assert await listed(http, proxy, repo, image) == [sha256(referrer)]
+    assert await listed_referrers(http, proxy, repo, image) == [sha256(referrer)]
     async with http.get(
-        f"{registry.url}/v2/{repo}/manifests/{tag_name(sha256(image))}",
+        f"{registry.url}/v2/{repo}/manifests/{legacy_tag(image)}",
         headers={"Accept": "application/vnd.oci.image.manifest.v1+json"},
     ) as still:
         assert await still.read() == image, "a tag that is not a referrers index is left alone"
@@ -196,16 +143,18 @@ async def test_refresh_window_and_immediate_own_changes(
 ) -> None:
     slow = await start_proxy(registry.url, fallback_refresh=3600.0)
     eager = await start_proxy(registry.url, fallback_refresh=0.001)
-    image = await subject_image(http, slow, repo)
-    first = await legacy_attach(http, registry, repo, image, 1)
-    assert await listed(http, slow, repo, image) == [sha256(first)]
-    second = await legacy_attach(http, registry, repo, image, 2)
-    assert await listed(http, slow, repo, image) == [sha256(first)], "cached for the window"
+    image = await push_subject_image(http, slow, repo)
+    first = await legacy_attach(http, registry.url, repo, image, 1)
+    assert await listed_referrers(http, slow, repo, image) == [sha256(first)]
+    second = await legacy_attach(http, registry.url, repo, image, 2)
+    assert await listed_referrers(http, slow, repo, image) == [sha256(first)], (
+        "cached for the window"
+    )
     await asyncio.sleep(0.01)
-    assert await listed(http, eager, repo, image) == [sha256(first), sha256(second)]
+    assert await listed_referrers(http, eager, repo, image) == [sha256(first), sha256(second)]
     own = artifact_manifest(image, annotations={"via": "slow"})
     assert (await push_manifest(http, slow, repo, own)).status == 201
-    assert set(await listed(http, slow, repo, image)) == {
+    assert set(await listed_referrers(http, slow, repo, image)) == {
         sha256(first),
         sha256(second),
         sha256(own),
@@ -223,7 +172,7 @@ async def test_50_concurrent_attaches_across_two_processes_sharing_redis(
         running_proxy(tmp_path, registry.url, *shared) as one,
         running_proxy(tmp_path, registry.url, *shared) as two,
     ):
-        image = await subject_image(http, one.url, repo)
+        image = await push_subject_image(http, one.url, repo)
 
         async def attach(n: int) -> str:
             manifest = artifact_manifest(image, annotations={"n": str(n)})
@@ -233,12 +182,12 @@ async def test_50_concurrent_attaches_across_two_processes_sharing_redis(
 
         pushed = set(await asyncio.gather(*(attach(n) for n in range(50))))
         for proxy in (one, two):
-            assert set(await listed(http, proxy.url, repo, image)) == pushed
+            assert set(await listed_referrers(http, proxy.url, repo, image)) == pushed
     status, in_registry, _ = await tag_index(http, registry, repo, image)
     assert status == 200
     assert sorted(in_registry) == sorted(pushed), "the registry itself holds every referrer"
     with running_proxy(tmp_path, registry.url) as fresh:
-        assert set(await listed(http, fresh.url, repo, image)) == pushed
+        assert set(await listed_referrers(http, fresh.url, repo, image)) == pushed
 
 
 @pytest.fixture(scope="module")
@@ -255,7 +204,7 @@ async def test_distribution_2_8_gc_deletes_listed_referrers_all_the_same(
     index's children as blobs only; v3 added unmarkReferencedManifest). The README warns
     operators; if this starts failing, the upstream changed and the README must too."""
     proxy = await start_proxy(gc_registry.url)
-    image = await subject_image(http, gc_registry.url, repo)
+    image = await push_subject_image(http, gc_registry.url, repo)
     referrer = artifact_manifest(image)
     assert (await push_manifest(http, proxy, repo, referrer)).status == 201
     assert (await tag_index(http, gc_registry, repo, image))[1] == [sha256(referrer)]
@@ -278,12 +227,12 @@ async def test_tags_list_hides_tag_schema_tags_and_paginates(
     http: aiohttp.ClientSession, start_proxy: StartProxy, registry: Registry, repo: str
 ) -> None:
     proxy = await start_proxy(registry.url)
-    image = await subject_image(http, proxy, repo)
+    image = await push_subject_image(http, proxy, repo)
     for tag in ("b", "a", "C", "c-1", "v2.0"):
         assert (await push_manifest(http, registry.url, repo, image, tag)).status == 201
     assert (await push_manifest(http, proxy, repo, artifact_manifest(image))).status == 201
     status, direct = await get_json(http, f"{registry.url}/v2/{repo}/tags/list")
-    assert tag_name(sha256(image)) in direct["tags"]
+    assert legacy_tag(image) in direct["tags"]
     status, everything = await get_json(http, f"{proxy}/v2/{repo}/tags/list")
     assert everything == {"name": repo, "tags": ["C", "a", "b", "c-1", "v1", "v2.0"]}
     pages, url = [], f"{proxy}/v2/{repo}/tags/list?n=2"
@@ -305,9 +254,7 @@ async def test_tags_list_hides_tag_schema_tags_and_paginates(
     assert status == 400
     assert b"PAGINATION_NUMBER_INVALID" in body
     shown = await start_proxy(registry.url, show_fallback_tags=True)
-    assert (
-        tag_name(sha256(image)) in (await get_json(http, f"{shown}/v2/{repo}/tags/list"))[1]["tags"]
-    )
+    assert legacy_tag(image) in (await get_json(http, f"{shown}/v2/{repo}/tags/list"))[1]["tags"]
     status, body = await get_json(http, f"{proxy}/v2/never/pushed/tags/list")
     assert status == 404
     assert b"NAME_UNKNOWN" in body
