@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import binascii
 from collections.abc import Iterable, Sequence
 from urllib.parse import quote, urlencode
 
@@ -28,11 +29,12 @@ def encode_cursor(position: int) -> str:
 
 def decode_cursor(token: str) -> int:
     try:
-        text = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
+        padded = token + "=" * (-len(token) % 4)
+        text = base64.b64decode(padded, altchars=b"-_", validate=True).decode()
         if not text.startswith("p") or not text[1:].isdigit():
             raise ValueError(text)
         return int(text[1:])
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, binascii.Error) as exc:
         raise CursorInvalid(f"invalid page cursor {token!r}") from exc
 
 

@@ -1,0 +1,114 @@
+import orjson
+import pytest
+
+from proxy.manifest import IMAGE_INDEX, IMAGE_MANIFEST
+from proxy.tagschema import (
+    TagIndexInvalid,
+    is_tag_schema_name,
+    parse_tag_index,
+    tag_name,
+    tag_names,
+    visible_tags,
+)
+
+SUBJECT = "sha256:" + "a" * 64
+
+
+@pytest.mark.parametrize(
+    ("digest", "tag"),
+    [
+        ("sha256:" + "a" * 64, "sha256-" + "a" * 64),
+        ("sha512:" + "a" * 128, "sha512-" + "a" * 64),
+        (
+            "test+algorithm+using+algorithm+separators+and+lots+of+characters+to+excercise+overall"
+            "+truncation:alsoSome=InTheEncodedSectionToShowHyphenReplacementAndLotsAndLotsOf"
+            "CharactersToExcerciseEncodedTruncation",
+            "test-algorithm-using-algorithm-s-alsoSome-InTheEncodedSectionToShowHyphenReplacement"
+            "AndLotsAndLot",
+        ),
+    ],
+)
+def test_tag_names_follow_the_spec_table(digest: str, tag: str) -> None:
+    assert tag_name(digest) == tag
+
+
+def test_the_untruncated_legacy_name_is_read_only_where_it_differs_and_is_a_tag() -> None:
+    assert tag_names(SUBJECT) == ["sha256-" + "a" * 64]
+    assert tag_names("sha384:" + "b" * 96) == ["sha384-" + "b" * 64, "sha384-" + "b" * 96]
+    assert tag_names("sha512:" + "c" * 128) == ["sha512-" + "c" * 64], "135 chars is no tag"
+
+
+@pytest.mark.parametrize(
+    ("tag", "hidden"),
+    [
+        ("sha256-" + "a" * 64, True),
+        ("sha512-" + "f" * 64, True),
+        ("sha256-abc", False),
+        ("v1-" + "a" * 64, False),
+        ("sha256-" + "a" * 64 + ".sig", False),
+        ("latest", False),
+    ],
+)
+def test_which_tags_are_tag_schema_names(tag: str, hidden: bool) -> None:
+    assert is_tag_schema_name(tag) is hidden
+
+
+def index(*entries: object, media_type: str = IMAGE_INDEX) -> bytes:
+    return orjson.dumps({"schemaVersion": 2, "mediaType": media_type, "manifests": list(entries)})
+
+
+REFERRER = {
+    "mediaType": IMAGE_MANIFEST,
+    "digest": "sha256:" + "c" * 64,
+    "size": 10,
+    "artifactType": "application/x",
+    "annotations": {"k": "v"},
+    "extra": "dropped",
+}
+
+
+def test_a_valid_index_gives_its_referrers() -> None:
+    found = parse_tag_index(SUBJECT, index(REFERRER), IMAGE_INDEX, "sha256:" + "d" * 64)
+    assert found.digest == "sha256:" + "d" * 64
+    (referrer,) = found.referrers
+    assert (referrer.subject, referrer.digest, referrer.artifact_type) == (
+        SUBJECT,
+        REFERRER["digest"],
+        "application/x",
+    )
+    assert orjson.loads(referrer.descriptor) == {k: v for k, v in REFERRER.items() if k != "extra"}
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type", "digest", "why"),
+    [
+        (index(REFERRER), IMAGE_INDEX, SUBJECT, "subject itself"),
+        (index(REFERRER), IMAGE_MANIFEST, "sha256:" + "d" * 64, "not an image index"),
+        (b"nope", IMAGE_INDEX, "sha256:" + "d" * 64, "no JSON"),
+        (b'{"manifests": 3}', IMAGE_INDEX, "sha256:" + "d" * 64, "no list"),
+        (
+            index(REFERRER, media_type=IMAGE_MANIFEST),
+            IMAGE_INDEX,
+            "sha256:" + "d" * 64,
+            "mediaType",
+        ),
+        (index({**REFERRER, "digest": "bad"}), IMAGE_INDEX, "sha256:" + "d" * 64, "digest"),
+        (index({**REFERRER, "size": -1}), IMAGE_INDEX, "sha256:" + "d" * 64, "size"),
+        (index({**REFERRER, "mediaType": "x/y"}), IMAGE_INDEX, "sha256:" + "d" * 64, "mediaType"),
+        (index("text"), IMAGE_INDEX, "sha256:" + "d" * 64, "not an object"),
+    ],
+)
+def test_what_is_not_a_referrers_index(
+    body: bytes, content_type: str, digest: str, why: str
+) -> None:
+    with pytest.raises(TagIndexInvalid, match=why):
+        parse_tag_index(SUBJECT, body, content_type, digest)
+
+
+def test_visible_tags_sorted_filtered_and_paged() -> None:
+    tags = ["b", "sha256-" + "a" * 64, "a", "C", "a"]
+    assert visible_tags(tags, None, None) == (["C", "a", "b"], False)
+    assert visible_tags(tags, None, 2) == (["C", "a"], True)
+    assert visible_tags(tags, "a", 1) == (["b"], False)
+    assert visible_tags(tags, None, 0) == ([], True)
+    assert visible_tags(tags, "z", 5) == ([], False)
