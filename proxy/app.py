@@ -57,7 +57,7 @@ def make_app(
         forwarder = app[FORWARDER]
         client = RegistryClient(forwarder.session, forwarder.upstream, settings.max_manifest_bytes)
         fallback = FallbackTags(client, store, settings.fallback_tags, settings.fallback_refresh)
-        app[TAGS] = TagListApi(client)
+        app[TAGS] = TagListApi(client, forwarder)
         app[REFERRERS] = ReferrersApi(
             forwarder,
             store,

@@ -10,8 +10,9 @@ import aiohttp
 from aiohttp import web
 from yarl import URL
 
-from proxy.errors import StreamAborted
+from proxy.errors import OCIError, StreamAborted
 from proxy.headers import client_response_headers, upstream_request_headers
+from proxy.registry_client import Answer, read_capped
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +73,33 @@ class Forwarder:
                 raise StreamAborted(request.path) from exc
         await response.write_eof()
         return response
+
+    async def exchange(self, request: web.Request, cap: int, body: bytes | None = None) -> Answer:
+        """Send `request` upstream and read its whole answer, releasing the connection before
+        the proxy acts on it (index and tag writes make upstream calls of their own)."""
+        async with self.open(request, body) as upstream:
+            data = await read_capped(
+                upstream.content,
+                upstream.content_length,
+                cap,
+                OCIError(502, "UNAVAILABLE", "upstream answer too large"),
+            )
+            return Answer(upstream.status, upstream.headers, data)
+
+    def reply(
+        self,
+        request: web.Request,
+        answer: Answer,
+        extra_headers: Mapping[str, str] | None = None,
+    ) -> web.Response:
+        """The client's copy of an upstream answer the proxy has read whole."""
+        headers = client_response_headers(
+            answer.headers, upstream=self.upstream, public=request.url.origin()
+        )
+        headers.popall("Content-Length", None)
+        if extra_headers:
+            headers.update(extra_headers)
+        return web.Response(status=answer.status, body=answer.body, headers=headers)
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         async with self.open(request) as upstream_response:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 
-import aiohttp
 import orjson
 from aiohttp import web
 
@@ -17,15 +16,15 @@ from proxy.index import IndexStore
 from proxy.manifest import IMAGE_INDEX, ManifestInvalid, digest_algorithm, inspect_manifest
 from proxy.names import digest_error, is_digest, is_repository_name
 from proxy.referrers import CURSOR_PARAM, CursorInvalid, decode_cursor, next_link, render_index
-from proxy.registry_client import read_capped
+from proxy.registry_client import Answer, read_capped
 from proxy.upstream import describe_native, native_from_answer
 
 log = logging.getLogger(__name__)
 
 
-def _confirmed_digest(upstream: aiohttp.ClientResponse, ours: str) -> None:
+def _confirmed_digest(answer: Answer, ours: str) -> None:
     """The upstream must have stored what we hashed, or the index would point at nothing."""
-    theirs = upstream.headers.get("Docker-Content-Digest")
+    theirs = answer.headers.get("Docker-Content-Digest")
     if theirs and theirs.partition(":")[0] == ours.partition(":")[0] and theirs != ours:
         log.error("upstream stored digest %s but the proxy hashed %s: not recorded", theirs, ours)
         raise OCIError(502, "UNAVAILABLE", "upstream digest differs from the pushed bytes")
@@ -64,16 +63,14 @@ class ReferrersApi:
             )
         except ManifestInvalid as exc:
             raise OCIError(400, "MANIFEST_INVALID", str(exc)) from exc
-        async with self.forwarder.open(request, body) as upstream:
-            if referrer is None or upstream.status != 201:
-                return await self.forwarder.relay(request, upstream)
-            _confirmed_digest(upstream, referrer.digest)
-            await self.index.add(name, referrer)
-            await self.fallback.record(name, referrer, request.headers.get("Authorization"))
-            log.info(
-                "recorded %s in %s as a referrer of %s", referrer.digest, name, referrer.subject
-            )
-            return await self.forwarder.relay(request, upstream, {"OCI-Subject": referrer.subject})
+        answer = await self.forwarder.exchange(request, cap, body)
+        if referrer is None or answer.status != 201:
+            return self.forwarder.reply(request, answer)
+        _confirmed_digest(answer, referrer.digest)
+        await self.index.add(name, referrer)
+        await self.fallback.record(name, referrer, request.headers.get("Authorization"))
+        log.info("recorded %s in %s as a referrer of %s", referrer.digest, name, referrer.subject)
+        return self.forwarder.reply(request, answer, {"OCI-Subject": referrer.subject})
 
     async def delete_manifest(self, request: web.Request) -> web.StreamResponse:
         name, reference = request.match_info["name"], request.match_info["reference"]
@@ -81,13 +78,13 @@ class ReferrersApi:
             return await self.forwarder.handle(request)
         auth = request.headers.get("Authorization")
         subject = await self._subject_of(name, reference, auth)
-        async with self.forwarder.open(request) as upstream:
-            # 404: already gone upstream (perhaps an earlier attempt whose index update failed).
-            if upstream.status in (202, 404):
-                await self.index.remove(name, reference)
-            if upstream.status == 202 and subject is not None:
-                await self.fallback.forget(name, subject, reference, auth)
-            return await self.forwarder.relay(request, upstream)
+        answer = await self.forwarder.exchange(request, self.max_manifest_bytes)
+        # 404: already gone upstream (perhaps an earlier attempt whose index update failed).
+        if answer.status in (202, 404):
+            await self.index.remove(name, reference)
+        if answer.status == 202 and subject is not None:
+            await self.fallback.forget(name, subject, reference, auth)
+        return self.forwarder.reply(request, answer)
 
     async def _subject_of(self, name: str, digest: str, auth: str | None) -> str | None:
         """Which tag-schema index lists the manifest about to be deleted, read before it goes."""

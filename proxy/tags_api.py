@@ -11,7 +11,7 @@ from aiohttp import web
 from yarl import URL
 
 from proxy.errors import OCIError
-from proxy.headers import client_response_headers
+from proxy.forward import Forwarder
 from proxy.registry_client import RegistryClient
 from proxy.tagschema import visible_tags
 
@@ -31,8 +31,9 @@ def _page_size(request: web.Request) -> int | None:
 
 
 class TagListApi:
-    def __init__(self, client: RegistryClient) -> None:
+    def __init__(self, client: RegistryClient, forwarder: Forwarder) -> None:
         self.client = client
+        self.forwarder = forwarder
 
     async def tags_list(self, request: web.Request) -> web.Response:
         name = request.match_info["name"]
@@ -46,11 +47,7 @@ class TagListApi:
                 break
             answer = await self.client.call("GET", path, auth=auth)
             if answer.status != 200:
-                headers = client_response_headers(
-                    answer.headers, upstream=self.client.upstream, public=request.url.origin()
-                )
-                headers.popall("Content-Length", None)
-                return web.Response(status=answer.status, body=answer.body, headers=headers)
+                return self.forwarder.reply(request, answer)
             try:
                 tags += orjson.loads(answer.body).get("tags") or []
             except (orjson.JSONDecodeError, AttributeError) as exc:
