@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 import aiohttp
 from aiohttp import web
 
+from proxy.access import PullAccess
 from proxy.config import Settings
 from proxy.errors import error_middleware
 from proxy.fallback import FallbackTags
@@ -62,6 +63,7 @@ def make_app(
             forwarder,
             store,
             fallback,
+            PullAccess(client, settings.auth_cache_seconds),
             max_manifest_bytes=settings.max_manifest_bytes,
             page_size=settings.referrers_page_size,
             upstream_native=await probe_native_referrers(forwarder.session, settings.upstream),

@@ -28,6 +28,13 @@ def _positive_int(value: str) -> int:
     return number
 
 
+def _non_negative_float(value: str) -> float:
+    number = float(value)
+    if number < 0:
+        raise ValueError(f"must be zero or more, got {value}")
+    return number
+
+
 def _positive_float(value: str) -> float:
     number = float(value)
     if number <= 0:
@@ -109,6 +116,11 @@ SERVE_OPTIONS: tuple[Option, ...] = (
         _bool,
         "list tag-schema tags (sha256-...) in tags/list, hidden by default",
         is_switch=True,
+    ),
+    Option(
+        "auth-cache-seconds",
+        _non_negative_float,
+        "seconds a caller's upstream pull permission is remembered, 0 to always ask (default 30)",
     ),
     Option("log-level", _log_level, "debug, info, warning or error (default info)"),
 )

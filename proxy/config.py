@@ -38,6 +38,7 @@ class Settings:
     fallback_tags: FallbackMode = FallbackMode.WRITE
     fallback_refresh: float = 30.0
     show_fallback_tags: bool = False
+    auth_cache_seconds: float = 30.0
     log_level: str = "info"
 
 

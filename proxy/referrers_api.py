@@ -7,6 +7,7 @@ import logging
 import orjson
 from aiohttp import web
 
+from proxy.access import PullAccess
 from proxy.config import FallbackMode
 from proxy.errors import OCIError
 from proxy.fallback import FallbackTags
@@ -36,6 +37,7 @@ class ReferrersApi:
         forwarder: Forwarder,
         index: IndexStore,
         fallback: FallbackTags,
+        access: PullAccess,
         *,
         max_manifest_bytes: int,
         page_size: int,
@@ -44,6 +46,7 @@ class ReferrersApi:
         self.forwarder = forwarder
         self.index = index
         self.fallback = fallback
+        self.access = access
         self.max_manifest_bytes = max_manifest_bytes
         self.page_size = page_size
         self.upstream_native = upstream_native
@@ -109,9 +112,12 @@ class ReferrersApi:
         artifact_types = list(
             dict.fromkeys(t for t in request.query.getall("artifactType", []) if t)
         )
-        if self.upstream_native is False:
-            return await self._from_index(request, name, subject, artifact_types)
-        return await self._from_upstream(request, name, subject, artifact_types)
+        if self.upstream_native is not False:
+            return await self._from_upstream(request, name, subject, artifact_types)
+        refusal = await self.access.refusal(name, subject, request.headers.get("Authorization"))
+        if refusal is not None:
+            return self.forwarder.reply(request, refusal)
+        return await self._from_index(request, name, subject, artifact_types)
 
     async def _from_index(
         self, request: web.Request, name: str, subject: str, artifact_types: list[str]

@@ -53,12 +53,13 @@ async def push_manifest(
     body: bytes,
     reference: str | None = None,
     media_type: str = MANIFEST,
+    headers: dict[str, str] | None = None,
 ) -> aiohttp.ClientResponse:
     """PUT a manifest (by digest unless `reference` is given) and return the read response."""
     async with http.put(
         f"{base}/v2/{repo}/manifests/{reference or sha256(body)}",
         data=body,
-        headers={"Content-Type": media_type},
+        headers={"Content-Type": media_type, **(headers or {})},
     ) as response:
         await response.read()
         return response

@@ -120,10 +120,29 @@ def make_tls_files(workdir: Path) -> TLSFiles:
     return TLSFiles(ca, cert, key)
 
 
+@dataclass(frozen=True)
+class TokenAuth:
+    """Distribution's `auth: token`: tokens signed by the key of `cert` are trusted."""
+
+    realm: str
+    service: str
+    issuer: str
+    cert: Path
+
+
 def registry_config(
-    port: int, data_dir: Path, htpasswd: Path | None = None, tls: TLSFiles | None = None
+    port: int,
+    data_dir: Path,
+    htpasswd: Path | None = None,
+    tls: TLSFiles | None = None,
+    token: TokenAuth | None = None,
 ) -> str:
     auth = f"auth:\n  htpasswd:\n    realm: test-realm\n    path: {htpasswd}\n" if htpasswd else ""
+    if token:
+        auth = (
+            f"auth:\n  token:\n    realm: {token.realm}\n    service: {token.service}\n"
+            f"    issuer: {token.issuer}\n    rootcertbundle: {token.cert}\n"
+        )
     tls_block = f"  tls:\n    certificate: {tls.cert}\n    key: {tls.key}\n" if tls else ""
     return (
         "version: 0.1\n"
@@ -143,6 +162,7 @@ def running_registry(
     port: int | None = None,
     htpasswd: Path | None = None,
     tls: TLSFiles | None = None,
+    token: TokenAuth | None = None,
 ) -> Iterator[Registry]:
     """A Docker Distribution 2.8 registry (Debian's docker-registry) in `workdir`."""
     if not shutil.which(REGISTRY_BIN):
@@ -151,7 +171,7 @@ def running_registry(
     data_dir = workdir / "data"
     data_dir.mkdir(parents=True, exist_ok=True)
     config = workdir / "config.yml"
-    config.write_text(registry_config(port, data_dir, htpasswd, tls))
+    config.write_text(registry_config(port, data_dir, htpasswd, tls, token))
     log = (workdir / "registry.log").open("ab")
     process = subprocess.Popen(
         [REGISTRY_BIN, "serve", str(config)], stdout=log, stderr=subprocess.STDOUT
