@@ -10,10 +10,11 @@ from aiohttp import web
 
 from proxy.access import PullAccess
 from proxy.config import Settings
-from proxy.errors import error_middleware
+from proxy.errors import Handler, error_middleware
 from proxy.fallback import FallbackTags
 from proxy.forward import Forwarder
 from proxy.index import IndexStore, IndexUnavailable, open_index
+from proxy.paths import MAX_TARGET, target_problem
 from proxy.referrers_api import ReferrersApi
 from proxy.registry_client import RegistryClient
 from proxy.tags_api import TagListApi
@@ -22,6 +23,16 @@ from proxy.upstream import open_session, probe_native_referrers
 log = logging.getLogger(__name__)
 
 SETTINGS = web.AppKey("settings", Settings)
+
+
+@web.middleware
+async def path_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    problem = target_problem(request.raw_path)
+    if problem is not None:
+        raise problem
+    return await handler(request)
+
+
 FORWARDER = web.AppKey("forwarder", Forwarder)
 INDEX = web.AppKey("index", IndexStore)
 REFERRERS = web.AppKey("referrers", ReferrersApi)
@@ -35,7 +46,10 @@ def make_app(
     index: IndexStore | None = None,
 ) -> web.Application:
     """`session` and `index` let a caller share them; otherwise the app owns its own."""
-    app = web.Application(middlewares=[error_middleware], handler_args={"max_field_size": 16384})
+    app = web.Application(
+        middlewares=[error_middleware, path_middleware],
+        handler_args={"max_field_size": 16384, "max_line_size": 4 * MAX_TARGET},
+    )
     app[SETTINGS] = settings
 
     async def upstream_session(app: web.Application) -> AsyncIterator[None]:

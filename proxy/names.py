@@ -9,7 +9,7 @@ _COMPONENT = r"[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*"
 _NAME = re.compile(rf"{_COMPONENT}(?:/{_COMPONENT})*")
 _DIGEST = re.compile(r"([a-z0-9]+(?:[+._-][a-z0-9]+)*):([a-zA-Z0-9=_-]+)")
 # Registered algorithms have a fixed length of lowercase hex; others only the general grammar.
-_HEX_LENGTH = {"sha256": 64, "sha512": 128}
+_HEX_LENGTH = {"sha256": 64, "sha384": 96, "sha512": 128}
 _LOWER_HEX = re.compile(r"[a-f0-9]+")
 
 
@@ -31,3 +31,12 @@ def digest_error(digest: str) -> str | None:
 
 def is_digest(reference: str) -> bool:
     return digest_error(reference) is None
+
+
+def stored_digest_error(digest: str) -> str | None:
+    """As digest_error, and the algorithm must be one registries store content under; for
+    digests in request paths (Distribution answers 500 to others, its storage path in detail)."""
+    problem = digest_error(digest)
+    if problem is None and digest.partition(":")[0] not in _HEX_LENGTH:
+        return f"unsupported digest algorithm {digest.partition(':')[0]!r}"
+    return problem
