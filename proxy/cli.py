@@ -14,7 +14,14 @@ from pathlib import Path
 from typing import Any
 
 from proxy import __version__
-from proxy.config import FallbackMode, Settings, SettingsError, parse_listen, parse_upstream
+from proxy.config import (
+    FallbackMode,
+    Settings,
+    SettingsError,
+    check_pairs,
+    parse_listen,
+    parse_upstream,
+)
 
 ENV_PREFIX = "REFERRERS_PROXY_"
 _TRUE = {"1", "true", "yes", "on"}
@@ -122,6 +129,8 @@ SERVE_OPTIONS: tuple[Option, ...] = (
         _non_negative_float,
         "seconds a caller's upstream pull permission is remembered, 0 to always ask (default 30)",
     ),
+    Option("tls-cert", str, "PEM certificate (chain) to serve HTTPS with; needs --tls-key"),
+    Option("tls-key", str, "PEM private key of --tls-cert"),
     Option("log-level", _log_level, "debug, info, warning or error (default info)"),
 )
 
@@ -224,7 +233,7 @@ def reindex_from_args(argv: Sequence[str], environ: Mapping[str, str]) -> Reinde
 
 
 def _serve_settings(args: argparse.Namespace, environ: Mapping[str, str]) -> Settings:
-    return Settings(**_option_values(args, environ, SERVE_OPTIONS))
+    return check_pairs(Settings(**_option_values(args, environ, SERVE_OPTIONS)))
 
 
 def _reindex_command(args: argparse.Namespace, environ: Mapping[str, str]) -> ReindexCommand:

@@ -39,7 +39,16 @@ class Settings:
     fallback_refresh: float = 30.0
     show_fallback_tags: bool = False
     auth_cache_seconds: float = 30.0
+    tls_cert: str | None = None
+    tls_key: str | None = None
     log_level: str = "info"
+
+
+def check_pairs(settings: Settings) -> Settings:
+    """Settings that only make sense together."""
+    if (settings.tls_cert is None) != (settings.tls_key is None):
+        raise SettingsError("--tls-cert and --tls-key go together")
+    return settings
 
 
 def parse_upstream(value: str) -> URL:

@@ -258,7 +258,8 @@ def running_proxy(workdir: Path, upstream: str, *args: str) -> Iterator[ProxyPro
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_until(lambda: _http_answers(f"{url}/v2/"), f"proxy on port {port}", process)
+        # It binds only once start-up is done, so an open port means ready (HTTP or HTTPS).
+        wait_until(lambda: _tcp_open(port), f"proxy on port {port}", process)
         yield ProxyProcess(url, process)
     finally:
         _stop(process)

@@ -43,6 +43,7 @@ def test_switch_flag() -> None:
             "REFERRERS_PROXY_MAX_MANIFEST_BYTES: must be a positive integer",
         ),
         (["serve", "--upstream", "http://r", "--log-level", "loud"], {}, "--log-level"),
+        (["serve", "--upstream", "http://r", "--tls-cert", "c.pem"], {}, "go together"),
     ],
 )
 def test_bad_values_name_their_source(argv: list[str], env: dict[str, str], message: str) -> None:
