@@ -36,7 +36,7 @@ def test_serve_configured_only_by_env_vars(registry: Registry) -> None:
         process.terminate()
         _, stderr = process.communicate(timeout=30)
     assert process.returncode == 0, stderr
-    assert f"listening on 127.0.0.1:{port}, index: embedded" in stderr
+    assert f"listening on http://127.0.0.1:{port}, index: embedded" in stderr
 
 
 def test_bad_settings_exit_2_with_a_one_line_reason() -> None:
