@@ -81,6 +81,7 @@ def make_app(
             max_manifest_bytes=settings.max_manifest_bytes,
             page_size=settings.referrers_page_size,
             upstream_native=await probe_native_referrers(forwarder.session, settings.upstream),
+            body_timeout=settings.read_timeout,
         )
         yield
         if own:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 import orjson
@@ -42,6 +43,7 @@ class ReferrersApi:
         max_manifest_bytes: int,
         page_size: int,
         upstream_native: bool | None = False,
+        body_timeout: float = 60.0,
     ) -> None:
         self.forwarder = forwarder
         self.index = index
@@ -50,16 +52,21 @@ class ReferrersApi:
         self.max_manifest_bytes = max_manifest_bytes
         self.page_size = page_size
         self.upstream_native = upstream_native
+        self.body_timeout = body_timeout
 
     async def put_manifest(self, request: web.Request) -> web.StreamResponse:
         name, reference = request.match_info["name"], request.match_info["reference"]
         cap = self.max_manifest_bytes
-        body = await read_capped(
-            request.content,
-            request.content_length,
-            cap,
-            OCIError(413, "MANIFEST_INVALID", f"manifest is larger than {cap} bytes"),
-        )
+        try:
+            async with asyncio.timeout(self.body_timeout):
+                body = await read_capped(
+                    request.content,
+                    request.content_length,
+                    cap,
+                    OCIError(413, "MANIFEST_INVALID", f"manifest is larger than {cap} bytes"),
+                )
+        except TimeoutError as exc:
+            raise OCIError(408, "UNSUPPORTED", "manifest body not received in time") from exc
         try:
             referrer = inspect_manifest(
                 body, request.headers.get("Content-Type", ""), digest_algorithm(reference)

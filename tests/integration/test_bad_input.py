@@ -109,3 +109,21 @@ async def test_many_filters_and_long_headers_are_served(
         proxy, f"GET /v2/{repo}/referrers/{SHA} HTTP/1.1", "X-Big: " + "h" * 20_000 + "\r\n"
     )
     assert 400 <= status < 500, "an oversized header is refused, not a crash"
+
+
+async def test_a_manifest_that_trickles_in_times_out_with_408(
+    start_proxy: StartProxy, registry: Registry, repo: str
+) -> None:
+    proxy = await start_proxy(registry.url, read_timeout=0.5)
+    url = URL(proxy)
+    reader, writer = await asyncio.open_connection(url.host, url.port)
+    writer.write(
+        f"PUT /v2/{repo}/manifests/slow HTTP/1.1\r\nHost: {url.raw_authority}\r\n"
+        f"Content-Type: {MANIFEST}\r\nContent-Length: 1000\r\n\r\n{{".encode()
+    )
+    await writer.drain()
+    answer = await asyncio.wait_for(reader.read(65536), timeout=10)
+    writer.close()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert int(head.split()[1]) == 408
+    assert orjson.loads(body)["errors"][0]["code"] == "UNSUPPORTED"
