@@ -67,7 +67,11 @@ def make_app(
         try:
             await store.ping()
         except IndexUnavailable as exc:
-            log.error("referrers index unreachable at start-up (%s): 503 until it is back", exc)
+            log.error(
+                "referrers index unreachable at start-up (%s): attaches answer 503 and reads come"
+                " from the registry's tag-schema indexes until it is back",
+                exc,
+            )
         app[INDEX] = store
         forwarder = app[FORWARDER]
         client = RegistryClient(forwarder.session, forwarder.upstream, settings.max_manifest_bytes)

@@ -129,6 +129,11 @@ SERVE_OPTIONS: tuple[Option, ...] = (
         _non_negative_float,
         "seconds a caller's upstream pull permission is remembered, 0 to always ask (default 30)",
     ),
+    Option(
+        "shutdown-grace",
+        _non_negative_float,
+        "seconds requests in flight may take to finish after SIGTERM (default 30)",
+    ),
     Option("tls-cert", str, "PEM certificate (chain) to serve HTTPS with; needs --tls-key"),
     Option("tls-key", str, "PEM private key of --tls-cert"),
     Option("log-level", _log_level, "debug, info, warning or error (default info)"),

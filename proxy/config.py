@@ -39,6 +39,7 @@ class Settings:
     fallback_refresh: float = 30.0
     show_fallback_tags: bool = False
     auth_cache_seconds: float = 30.0
+    shutdown_grace: float = 30.0
     tls_cert: str | None = None
     tls_key: str | None = None
     log_level: str = "info"

@@ -47,6 +47,12 @@ def apply_changes(listed: list[Referrer], changes: list[Referrer | str]) -> list
     return kept
 
 
+@dataclass(frozen=True, slots=True)
+class _TagRead:
+    referrers: list[Referrer]  # empty when not modified since `digest`
+    digest: str
+
+
 @dataclass
 class _Batch:
     changes: list[Referrer | str] = field(default_factory=list)
@@ -73,27 +79,49 @@ class FallbackTags:
         now = time.time()
         if known is not None and now - known.at < self.refresh_seconds:
             return
+        read = await self._read(repository, subject, auth, known.digest if known else None)
+        if read is None:
+            return
+        for referrer in read.referrers:
+            await self.index.add(repository, referrer)
+        await self.index.set_tag_sync(repository, subject, TagSync(read.digest, now))
+
+    async def without_index(
+        self, repository: str, subject: str, auth: str | None
+    ) -> list[Referrer] | None:
+        """What the registry's tag-schema indexes list, for when the index itself is down;
+        None when they cannot be read (or are not to be)."""
+        if self.mode is FallbackMode.OFF:
+            return None
+        read = await self._read(repository, subject, auth, None)
+        return read.referrers if read is not None else None
+
+    async def _read(
+        self, repository: str, subject: str, auth: str | None, etag: str | None
+    ) -> _TagRead | None:
+        """Every tag-schema name of `subject`, merged; None when the upstream would not say."""
         names = tag_names(subject)
-        etag = known.digest if known is not None and len(names) == 1 else None
+        if len(names) > 1 or not etag:
+            etag = None
+        listed: dict[str, Referrer] = {}
         digest = ""
         try:
             for tag in names:
                 answer = await self.client.get_manifest(repository, tag, auth, etag=etag)
                 if answer.status == 304:
-                    digest = etag or ""
-                elif answer.status == 200:
+                    return _TagRead([], etag or "")
+                if answer.status == 200:
                     found = _parse(repository, subject, tag, answer)
                     if found is not None:
-                        for referrer in found.referrers:
-                            await self.index.add(repository, referrer)
+                        listed.update((r.digest, r) for r in found.referrers)
                         digest = digest or found.digest
                 elif answer.status != 404:
                     log.info("%s:%s unreadable upstream (%d)", repository, tag, answer.status)
-                    return
+                    return None
         except (aiohttp.ClientError, TimeoutError) as exc:
             log.warning("%s %s: tag-schema read failed: %r", repository, subject, exc)
-            return
-        await self.index.set_tag_sync(repository, subject, TagSync(digest, now))
+            return None
+        return _TagRead(list(listed.values()), digest)
 
     async def record(self, repository: str, referrer: Referrer, auth: str | None) -> None:
         if self.mode is FallbackMode.WRITE:

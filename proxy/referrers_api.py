@@ -14,7 +14,7 @@ from proxy.errors import OCIError
 from proxy.fallback import FallbackTags
 from proxy.forward import Forwarder
 from proxy.headers import client_response_headers
-from proxy.index import IndexStore
+from proxy.index import IndexStore, IndexUnavailable, Page
 from proxy.manifest import IMAGE_INDEX, ManifestInvalid, digest_algorithm, inspect_manifest
 from proxy.names import is_digest
 from proxy.referrers import CURSOR_PARAM, CursorInvalid, decode_cursor, next_link, render_index
@@ -125,13 +125,22 @@ class ReferrersApi:
         self, request: web.Request, name: str, subject: str, artifact_types: list[str]
     ) -> web.Response:
         cursor = request.query.get(CURSOR_PARAM)
-        if not cursor:
-            await self.fallback.refresh(name, subject, request.headers.get("Authorization"))
         try:
             after = decode_cursor(cursor) if cursor else 0
         except CursorInvalid as exc:
             raise OCIError(400, "UNSUPPORTED", str(exc)) from exc
-        page = await self.index.page(name, subject, artifact_types, after, self.page_size)
+        auth = request.headers.get("Authorization")
+        try:
+            if not cursor:
+                await self.fallback.refresh(name, subject, auth)
+            page = await self.index.page(name, subject, artifact_types, after, self.page_size)
+        except IndexUnavailable:
+            listed = None if cursor else await self.fallback.without_index(name, subject, auth)
+            if listed is None:
+                raise
+            log.warning("index down: %s %s answered from the registry's tag index", name, subject)
+            kept = [r for r in listed if not artifact_types or r.artifact_type in artifact_types]
+            page = Page([r.descriptor for r in kept], None)
         headers = {"Content-Type": IMAGE_INDEX}
         if artifact_types:
             headers["OCI-Filters-Applied"] = "artifactType"

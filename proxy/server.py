@@ -1,17 +1,49 @@
-"""Run the application until a signal stops it."""
+"""Run the application until SIGTERM or SIGINT, then drain.
+
+aiohttp's own graceful shutdown marks every connection closing, after which it drops the bytes
+still arriving, so an upload in flight at SIGTERM would be cut. Here a signal first stops the
+listener, then requests in flight get up to `shutdown_grace` seconds to finish, and only then
+are connections closed and resources released.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import signal
 import ssl
 
 from aiohttp import web
 
 from proxy.app import make_app
 from proxy.config import Settings
+from proxy.errors import Handler
 from proxy.observability import AccessLogger
 
 log = logging.getLogger(__name__)
+
+
+class InFlight:
+    """Counts the requests being handled, so shutdown can wait for them."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    @web.middleware
+    async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        self.count += 1
+        self._idle.clear()
+        try:
+            return await handler(request)
+        finally:
+            self.count -= 1
+            if self.count == 0:
+                self._idle.set()
+
+    async def drained(self) -> None:
+        await self._idle.wait()
 
 
 def _tls(settings: Settings) -> ssl.SSLContext | None:
@@ -22,20 +54,46 @@ def _tls(settings: Settings) -> ssl.SSLContext | None:
     return context
 
 
+async def run(settings: Settings) -> None:
+    in_flight = InFlight()
+    app = make_app(settings)
+    app.middlewares.insert(0, in_flight.middleware)
+    runner = web.AppRunner(
+        app, access_log_class=AccessLogger, handle_signals=False, shutdown_timeout=1.0
+    )
+    await runner.setup()
+    try:
+        site = web.TCPSite(
+            runner, settings.listen_host, settings.listen_port, ssl_context=_tls(settings)
+        )
+        await site.start()
+        log.info(
+            "referrers-proxy listening on %s://%s:%d, index: %s",
+            "https" if settings.tls_cert else "http",
+            settings.listen_host,
+            settings.listen_port,
+            "redis" if settings.redis_url else "embedded",
+        )
+        stopping = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stopping.set)
+        await stopping.wait()
+        await site.stop()
+        log.info(
+            "stopping: no new connections; %d requests in flight get up to %.0f s",
+            in_flight.count,
+            settings.shutdown_grace,
+        )
+        try:
+            async with asyncio.timeout(settings.shutdown_grace):
+                await in_flight.drained()
+        except TimeoutError:
+            log.warning("grace period over: cutting %d requests", in_flight.count)
+    finally:
+        await runner.cleanup()
+    log.info("stopped")
+
+
 def serve(settings: Settings) -> None:
-    log.info(
-        "referrers-proxy listening on %s://%s:%d, index: %s",
-        "https" if settings.tls_cert else "http",
-        settings.listen_host,
-        settings.listen_port,
-        "redis" if settings.redis_url else "embedded",
-    )
-    web.run_app(
-        make_app(settings),
-        host=settings.listen_host,
-        port=settings.listen_port,
-        print=None,
-        ssl_context=_tls(settings),
-        access_log_class=AccessLogger,
-        shutdown_timeout=30.0,
-    )
+    asyncio.run(run(settings))
