@@ -19,7 +19,7 @@ define need
 	fi
 endef
 
-.PHONY: run test lint test-system-deps clean
+.PHONY: run test lint soak test-system-deps clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -48,12 +48,18 @@ test-system-deps:
 	$(call need,openssl,openssl)
 
 lint: $(VENV)/.test-installed
-	$(BIN)/ruff check proxy tests
-	$(BIN)/ruff format --check proxy tests
+	$(BIN)/ruff check proxy tests bench
+	$(BIN)/ruff format --check proxy tests bench
 	$(BIN)/mypy --strict proxy
 
 test: lint test-system-deps
 	$(BIN)/pytest -ra
+
+# The long soak: mixed traffic through a real proxy for SOAK_SECONDS, then a summary table.
+SOAK_SECONDS ?= 120
+SOAK_CONNECTIONS ?= 300
+soak: $(VENV)/.test-installed test-system-deps
+	$(BIN)/python -m bench.soak --seconds $(SOAK_SECONDS) --connections $(SOAK_CONNECTIONS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -14,7 +14,7 @@ from proxy.index.base import IndexUnavailable, Page, TagSync, merge_positions
 from proxy.manifest import Referrer
 
 log = logging.getLogger(__name__)
-LOCK_SECONDS = 30.0
+LOCK_SECONDS = 10.0  # outlives any tag write; bounds how long a crashed holder blocks
 
 
 @asynccontextmanager

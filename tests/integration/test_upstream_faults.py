@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import os
+from collections.abc import AsyncIterator
 
 import aiohttp
 import orjson
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
+from yarl import URL
 
 from tests.conftest import StartProxy
 from tests.harness.processes import free_port
+from tests.oci import push_blob
 
 BLOB = "sha256:" + "0" * 64
 
@@ -141,3 +145,51 @@ async def test_upstream_reset_mid_body_truncates_the_client_connection(
             assert response.status == 200
     finally:
         await upstream.close()
+
+
+async def test_upstream_reset_mid_upload_is_a_clean_error(
+    http: aiohttp.ClientSession, start_proxy: StartProxy
+) -> None:
+    async def dies_while_receiving(request: web.Request) -> web.Response:
+        if request.method == "PATCH":
+            await request.content.readexactly(64 * 1024)
+            assert request.transport is not None
+            request.transport.abort()
+        return web.Response(text="{}")
+
+    upstream = await serve_fake(dies_while_receiving)
+    try:
+        proxy = await start_proxy(str(upstream.make_url("")))
+
+        async def body() -> AsyncIterator[bytes]:
+            for _ in range(64):
+                yield b"z" * (64 * 1024)
+
+        try:
+            async with http.patch(f"{proxy}/v2/x/blobs/uploads/u", data=body()) as response:
+                status = response.status
+                payload = await response.read()
+        except aiohttp.ClientError:
+            status, payload = 0, b""
+        assert status in (0, 502), "a clean error or a cut connection, never a success"
+        if status == 502:
+            assert oci_code(payload) == "UNAVAILABLE"
+        async with http.get(f"{proxy}/v2/") as response:
+            assert response.status == 200, "the proxy keeps serving"
+    finally:
+        await upstream.close()
+
+
+async def test_a_client_vanishing_mid_download_harms_nothing(
+    http: aiohttp.ClientSession, proxy: str, repo: str
+) -> None:
+    data = os.urandom(8 * 1024 * 1024)
+    digest = await push_blob(http, proxy, repo, data)
+    url = URL(proxy)
+    for _ in range(5):
+        reader, writer = await asyncio.open_connection(url.host, url.port)
+        writer.write(f"GET /v2/{repo}/blobs/{digest} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        await reader.readexactly(64 * 1024)
+        writer.transport.abort()
+    async with http.get(f"{proxy}/v2/{repo}/blobs/{digest}") as response:
+        assert await response.read() == data

@@ -1,0 +1,219 @@
+"""Mixed traffic through a real proxy process in front of a real registry, for a bounded time.
+
+`make soak` runs it long and prints the summary table; the test suite runs a short variant.
+Every request targets 127.0.0.1 and the run stops by itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import os
+import random
+import tempfile
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+import orjson
+
+from tests.harness.processes import running_proxy, running_redis, running_registry
+from tests.oci import (
+    MANIFEST,
+    artifact_manifest,
+    push_blob,
+    push_manifest,
+    push_subject_image,
+    read_tag_index,
+    sha256,
+)
+
+MiB = 1024 * 1024
+
+
+def process_sample(pid: int) -> tuple[int, int]:
+    """(resident bytes, open file descriptors) of a process."""
+    rss = 0
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            rss = int(line.split()[1]) * 1024
+    return rss, len(os.listdir(f"/proc/{pid}/fd"))
+
+
+@dataclass
+class SoakResult:
+    requests: int = 0
+    by_class: Counter[str] = field(default_factory=Counter)
+    by_operation: Counter[str] = field(default_factory=Counter)
+    attached: int = 0
+    lost_in_answer: int = 0
+    lost_in_registry: int = 0
+    samples: list[tuple[float, int, int]] = field(default_factory=list)  # (t, rss, fds)
+
+    @property
+    def server_errors(self) -> int:
+        return self.by_class["5xx"] + self.by_class["failed"]
+
+    def table(self) -> str:
+        rows = [
+            ("requests", str(self.requests)),
+            *((f"  {op}", str(n)) for op, n in sorted(self.by_operation.items())),
+            *((f"status {cls}", str(n)) for cls, n in sorted(self.by_class.items())),
+            ("referrers attached", str(self.attached)),
+            ("referrers lost (proxy answer)", str(self.lost_in_answer)),
+            ("referrers lost (registry tag index)", str(self.lost_in_registry)),
+        ]
+        for label, (t, rss, fds) in zip(
+            ("start", "middle", "end"), self.steady_samples(), strict=False
+        ):
+            rows.append((f"proxy at {label} ({t:.0f} s)", f"RSS {rss / MiB:.1f} MiB, {fds} fds"))
+        width = max(len(label) for label, _ in rows)
+        return "\n".join(f"{label:<{width}}  {value}" for label, value in rows)
+
+    def steady_samples(self) -> list[tuple[float, int, int]]:
+        if not self.samples:
+            return []
+        return [self.samples[0], self.samples[len(self.samples) // 2], self.samples[-1]]
+
+
+@dataclass
+class _World:
+    proxy: str
+    repos: list[str]
+    subjects: dict[str, bytes]
+    blobs: dict[str, str]
+    attached: dict[str, list[str]]
+
+
+async def _one(
+    http: aiohttp.ClientSession, world: _World, rng: random.Random, result: SoakResult
+) -> None:
+    repo = rng.choice(world.repos)
+    roll = rng.random()
+    base = f"{world.proxy}/v2/{repo}"
+    if roll < 0.30:
+        operation, call = (
+            "pull manifest",
+            http.get(f"{base}/manifests/v1", headers={"Accept": MANIFEST}),
+        )
+    elif roll < 0.50:
+        operation, call = "pull blob", http.get(f"{base}/blobs/{world.blobs[repo]}")
+    elif roll < 0.65:
+        operation = "push blob"
+        data = rng.randbytes(64 * 1024)
+        try:
+            await push_blob(http, world.proxy, repo, data)
+            outcome = "2xx"
+        except (AssertionError, aiohttp.ClientError):
+            outcome = "failed"
+        result.by_class[outcome] += 2  # the POST and the PUT of a monolithic upload
+        result.by_operation[operation] += 2
+        result.requests += 2
+        return
+    elif roll < 0.85:
+        operation = "attach referrer"
+        manifest = artifact_manifest(world.subjects[repo], annotations={"n": str(rng.random())})
+        try:
+            response = await push_manifest(http, world.proxy, repo, manifest)
+            status = response.status
+        except aiohttp.ClientError:
+            status = 0
+        if status == 201:
+            world.attached[repo].append(sha256(manifest))
+        _count(result, operation, status)
+        return
+    else:
+        operation = "list referrers"
+        call = http.get(f"{base}/referrers/{sha256(world.subjects[repo])}")
+    try:
+        async with call as response:
+            await response.read()
+            status = response.status
+    except aiohttp.ClientError:
+        status = 0
+    _count(result, operation, status)
+
+
+def _count(result: SoakResult, operation: str, status: int) -> None:
+    result.requests += 1
+    result.by_operation[operation] += 1
+    result.by_class["failed" if status == 0 else f"{status // 100}xx"] += 1
+
+
+async def soak(
+    proxy: str, registry: str, pid: int, *, seconds: float, connections: int, repos: int = 8
+) -> SoakResult:
+    result = SoakResult()
+    rng = random.Random(1)
+    connector = aiohttp.TCPConnector(limit=connections)
+    async with aiohttp.ClientSession(connector=connector, auto_decompress=False) as http:
+        run = hashlib.sha256(os.urandom(8)).hexdigest()[:8]
+        names = [f"soak/{run}/r{n}" for n in range(repos)]
+        world = _World(proxy, names, {}, {}, {name: [] for name in names})
+        for name in names:
+            world.subjects[name] = await push_subject_image(http, proxy, name)
+            world.blobs[name] = await push_blob(http, proxy, name, rng.randbytes(256 * 1024))
+        started = time.monotonic()
+        deadline = started + seconds
+
+        async def worker(seed: int) -> None:
+            own = random.Random(seed)
+            while time.monotonic() < deadline:
+                await _one(http, world, own, result)
+
+        async def sampler() -> None:
+            while time.monotonic() < deadline:
+                await asyncio.sleep(max(seconds / 20, 0.2))
+                rss, fds = process_sample(pid)
+                result.samples.append((time.monotonic() - started, rss, fds))
+
+        await asyncio.gather(sampler(), *(worker(n) for n in range(connections)))
+        for name in names:
+            expected = set(world.attached[name])
+            result.attached += len(expected)
+            listed: set[str] = set()
+            url: str | None = f"{proxy}/v2/{name}/referrers/{sha256(world.subjects[name])}"
+            for _ in range(10_000):
+                if url is None:
+                    break
+                async with http.get(url) as response:
+                    listed |= {
+                        d["digest"] for d in orjson.loads(await response.read())["manifests"]
+                    }
+                    link = response.headers.get("Link")
+                url = proxy + link[1 : link.index(">")] if link else None
+            result.lost_in_answer += len(expected - listed)
+            _, in_tag, _ = await read_tag_index(http, registry, name, world.subjects[name])
+            result.lost_in_registry += len(expected - {d["digest"] for d in in_tag})
+    return result
+
+
+async def _main(seconds: float, connections: int) -> int:
+    with tempfile.TemporaryDirectory(prefix="referrers-soak-") as tmp:
+        workdir = Path(tmp)
+        with (
+            running_registry(workdir / "registry") as registry,
+            running_redis(workdir / "redis") as redis,
+            running_proxy(workdir / "proxy", registry.url, "--redis-url", redis.url) as proxy,
+        ):
+            print(f"soak: {connections} connections for {seconds:.0f} s through {proxy.url}")
+            result = await soak(
+                proxy.url, registry.url, proxy.process.pid, seconds=seconds, connections=connections
+            )
+    print(result.table())
+    return 1 if result.server_errors or result.lost_in_answer or result.lost_in_registry else 0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--seconds", type=float, default=120.0)
+    parser.add_argument("--connections", type=int, default=300)
+    args = parser.parse_args()
+    raise SystemExit(asyncio.run(_main(args.seconds, args.connections)))
+
+
+if __name__ == "__main__":
+    main()
