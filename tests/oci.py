@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import io
 from typing import Any
 
 import aiohttp
@@ -39,7 +40,7 @@ async def push_blob(http: aiohttp.ClientSession, base: str, repo: str, data: byt
     async with http.put(
         location,
         params={"digest": digest},
-        data=data,
+        data=io.BytesIO(data),
         headers={"Content-Type": "application/octet-stream"},
     ) as done:
         assert done.status == 201, await done.text()
