@@ -170,9 +170,14 @@ class FallbackTags:
         elif answer.status != 404:
             raise _upstream_refused("read", repository, tag, answer)
         listed = current.referrers if current is not None else []
+        known = await self.index.tag_sync(repository, subject)
+        if current is not None and (known is None or known.digest != current.digest):
+            # Someone else wrote the tag since the proxy last did: take in what they listed.
+            removed = {change for change in changes if isinstance(change, str)}
+            for referrer in listed:
+                if referrer.digest not in removed:
+                    await self.index.add(repository, referrer)
         kept = apply_changes(listed, changes)
-        for referrer in kept:
-            await self.index.add(repository, referrer)
         if kept == listed:
             return
         digest = ""

@@ -18,21 +18,20 @@ from tests.oci import INDEX, MANIFEST, sha256
 
 SKOPEO = shutil.which("skopeo") or "/usr/bin/skopeo"
 BIG_LAYER = 24 * 1024 * 1024
-
-
-def _blob(layout: Path, data: bytes) -> str:
-    digest = sha256(data)
-    (layout / "blobs" / "sha256" / digest.removeprefix("sha256:")).write_bytes(data)
-    return digest
+REF_NAME = "org.opencontainers.image.ref.name"
 
 
 def _descriptor(media_type: str, layout: Path, data: bytes, **extra: Any) -> dict[str, Any]:
-    return {"mediaType": media_type, "digest": _blob(layout, data), "size": len(data), **extra}
+    """Store `data` as a blob of the layout and describe it."""
+    digest = sha256(data)
+    (layout / "blobs" / "sha256" / digest.removeprefix("sha256:")).write_bytes(data)
+    return {"mediaType": media_type, "digest": digest, "size": len(data), **extra}
 
 
 def build_layout(layout: Path) -> bytes:
-    """An OCI image layout holding an index of two platform images, one with a large layer.
-    Returns the image index bytes."""
+    """An OCI image layout tagged v1: an image index of a linux/amd64 image with a 24 MiB layer
+    (large enough to take several reads on every hop) and a small linux/arm64 one. Returns the
+    index bytes."""
     (layout / "blobs" / "sha256").mkdir(parents=True)
     (layout / "oci-layout").write_text('{"imageLayoutVersion":"1.0.0"}')
     manifests = []
@@ -48,11 +47,10 @@ def build_layout(layout: Path) -> bytes:
                 "layers": [_descriptor("application/vnd.oci.image.layer.v1.tar", layout, layer)],
             }
         )
-        manifests.append(
-            _descriptor(MANIFEST, layout, manifest, platform={"architecture": arch, "os": "linux"})
-        )
+        platform = {"architecture": arch, "os": "linux"}
+        manifests.append(_descriptor(MANIFEST, layout, manifest, platform=platform))
     index = orjson.dumps({"schemaVersion": 2, "mediaType": INDEX, "manifests": manifests})
-    top = _descriptor(INDEX, layout, index, annotations={"org.opencontainers.image.ref.name": "v1"})
+    top = _descriptor(INDEX, layout, index, annotations={REF_NAME: "v1"})
     (layout / "index.json").write_bytes(
         orjson.dumps({"schemaVersion": 2, "mediaType": INDEX, "manifests": [top]})
     )
@@ -67,17 +65,35 @@ def blob_digests(layout: Path) -> dict[str, str]:
     }
 
 
-async def skopeo(tmp_path: Path, *args: str) -> bytes:
+def isolated_home(home: Path) -> dict[str, str]:
+    """An environment in which skopeo reads no host configuration: registries.conf (a per-user
+    file hides /etc/containers/registries.conf and its .d), policy, credentials and signature
+    storage all live under `home`."""
+    config = home / ".config" / "containers"
+    config.mkdir(parents=True)
+    (config / "registries.conf").write_text("")
+    (config / "policy.json").write_text('{"default":[{"type":"insecureAcceptAnything"}]}')
+    (config / "registries.d").mkdir()
+    (config / "registries.d" / "default.yaml").write_text(
+        f"default-docker:\n  lookaside: file://{home / 'sigstore'}\n"
+    )
+    return {
+        "PATH": os.environ.get("PATH", ""),
+        "HOME": str(home),
+        "XDG_RUNTIME_DIR": str(home),
+        "TMPDIR": str(home),
+    }
+
+
+async def skopeo(env: dict[str, str], *args: str) -> bytes:
     """Run skopeo without blocking the event loop the in-process proxy serves on."""
-    policy = tmp_path / "policy.json"
-    policy.write_text('{"default":[{"type":"insecureAcceptAnything"}]}')
-    env = {"PATH": os.environ.get("PATH", ""), "HOME": str(tmp_path), "TMPDIR": str(tmp_path)}
+    config = Path(env["HOME"]) / ".config" / "containers"
     process = await asyncio.create_subprocess_exec(
         SKOPEO,
         "--policy",
-        str(policy),
+        str(config / "policy.json"),
         "--registries.d",
-        str(tmp_path),
+        str(config / "registries.d"),
         *args,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
@@ -93,23 +109,27 @@ async def test_skopeo_copy_all_round_trips_through_the_proxy(
 ) -> None:
     source, back = tmp_path / "source", tmp_path / "back"
     index = build_layout(source)
+    pushed = blob_digests(source)
+    assert len(pushed) == 7  # index, 2 manifests, 2 configs, 2 layers
+    env = isolated_home(tmp_path / "home")
     target = f"docker://{URL(proxy).raw_authority}/{repo}:v1"
+    copy_all = ("copy", "--all", "--preserve-digests", "--quiet")
     no_tls = ("--src-tls-verify=false", "--dest-tls-verify=false")
-    await skopeo(
-        tmp_path, "copy", "--all", "--preserve-digests", *no_tls, f"oci:{source}:v1", target
-    )
+
+    await skopeo(env, *copy_all, *no_tls, f"oci:{source}:v1", target)
 
     async with http.get(
         f"{registry.url}/v2/{repo}/manifests/v1", headers={"Accept": INDEX}
     ) as stored:
-        assert await stored.read() == index, "the registry holds the exact index pushed"
-    raw = await skopeo(tmp_path, "inspect", "--raw", "--tls-verify=false", target)
-    assert raw == index
+        assert stored.status == 200
+        assert stored.content_type == INDEX
+        assert await stored.read() == index, "the registry holds the very index bytes built"
+    assert await skopeo(env, "inspect", "--raw", "--tls-verify=false", target) == index
 
-    await skopeo(tmp_path, "copy", "--all", "--preserve-digests", *no_tls, target, f"oci:{back}:v1")
-    out_index = orjson.loads((back / "index.json").read_bytes())["manifests"][0]
-    assert out_index["digest"] == sha256(index)
-    pulled, pushed = blob_digests(back), blob_digests(source)
-    assert pulled == pushed, "every manifest, config and layer came back byte for byte"
-    assert all(name == digest for name, digest in pulled.items())
-    assert len(pulled) == 7  # index, 2 manifests, 2 configs, 2 layers
+    await skopeo(env, *copy_all, *no_tls, target, f"oci:{back}:v1")
+    (top,) = orjson.loads((back / "index.json").read_bytes())["manifests"]
+    assert (top["mediaType"], top["digest"]) == (INDEX, sha256(index))
+    assert top["annotations"][REF_NAME] == "v1"
+    pulled = blob_digests(back)
+    assert pulled == pushed, "the index, both manifests, configs and layers came back intact"
+    assert all(name == digest for name, digest in pulled.items()), "content matches its name"
