@@ -191,7 +191,7 @@ async def soak(
     return result
 
 
-async def _main(seconds: float, connections: int) -> int:
+async def _main(seconds: float, connections: int, repos: int) -> int:
     with tempfile.TemporaryDirectory(prefix="referrers-soak-") as tmp:
         workdir = Path(tmp)
         with (
@@ -201,7 +201,12 @@ async def _main(seconds: float, connections: int) -> int:
         ):
             print(f"soak: {connections} connections for {seconds:.0f} s through {proxy.url}")
             result = await soak(
-                proxy.url, registry.url, proxy.process.pid, seconds=seconds, connections=connections
+                proxy.url,
+                registry.url,
+                proxy.process.pid,
+                seconds=seconds,
+                connections=connections,
+                repos=repos,
             )
     print(result.table())
     return 1 if result.server_errors or result.lost_in_answer or result.lost_in_registry else 0
@@ -211,8 +216,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seconds", type=float, default=120.0)
     parser.add_argument("--connections", type=int, default=300)
+    parser.add_argument("--repos", type=int, default=8, help="one subject each")
     args = parser.parse_args()
-    raise SystemExit(asyncio.run(_main(args.seconds, args.connections)))
+    raise SystemExit(asyncio.run(_main(args.seconds, args.connections, args.repos)))
 
 
 if __name__ == "__main__":
