@@ -22,21 +22,18 @@ from proxy.upstream import open_session, probe_native_referrers
 
 log = logging.getLogger(__name__)
 
-SETTINGS = web.AppKey("settings", Settings)
+FORWARDER = web.AppKey("forwarder", Forwarder)
+REFERRERS = web.AppKey("referrers", ReferrersApi)
+TAGS = web.AppKey("tags", TagListApi)
 
 
 @web.middleware
 async def path_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Bad names, digests and tags never reach the upstream (see paths.py)."""
     problem = target_problem(request.raw_path)
     if problem is not None:
         raise problem
     return await handler(request)
-
-
-FORWARDER = web.AppKey("forwarder", Forwarder)
-INDEX = web.AppKey("index", IndexStore)
-REFERRERS = web.AppKey("referrers", ReferrersApi)
-TAGS = web.AppKey("tags", TagListApi)
 
 
 def make_app(
@@ -50,7 +47,6 @@ def make_app(
         middlewares=[error_middleware, path_middleware],
         handler_args={"max_field_size": 16384, "max_line_size": 4 * MAX_TARGET},
     )
-    app[SETTINGS] = settings
 
     async def upstream_session(app: web.Application) -> AsyncIterator[None]:
         own = session is None
@@ -72,7 +68,6 @@ def make_app(
                 " from the registry's tag-schema indexes until it is back",
                 exc,
             )
-        app[INDEX] = store
         forwarder = app[FORWARDER]
         client = RegistryClient(forwarder.session, forwarder.upstream, settings.max_manifest_bytes)
         fallback = FallbackTags(client, store, settings.fallback_tags, settings.fallback_refresh)

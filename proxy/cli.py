@@ -95,6 +95,11 @@ SERVE_OPTIONS: tuple[Option, ...] = (
     Option("upstream", parse_upstream, "registry to front (http:// or https:// origin)", True),
     Option("listen", parse_listen, "address to serve on, HOST:PORT (default 127.0.0.1:8080)"),
     Option("redis-url", str, "Redis URL for a shared index; without it the index is in-process"),
+    Option(
+        "redis-max-connections",
+        _positive_int,
+        "Redis connections per process; more requests wait for one (default 64)",
+    ),
     Option("upstream-ca-file", str, "PEM bundle to verify the upstream's TLS certificate"),
     Option(
         "upstream-insecure", _bool, "skip TLS verification of the upstream (unsafe)", is_switch=True
@@ -144,6 +149,7 @@ _REINDEX_SHARED = frozenset(
     {
         "upstream",
         "redis-url",
+        "redis-max-connections",
         "upstream-ca-file",
         "upstream-insecure",
         "connect-timeout",

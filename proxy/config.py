@@ -28,6 +28,7 @@ class Settings:
     listen_host: str = "127.0.0.1"
     listen_port: int = 8080
     redis_url: str | None = None
+    redis_max_connections: int = 64
     upstream_ca_file: str | None = None
     upstream_insecure: bool = False
     connect_timeout: float = 10.0

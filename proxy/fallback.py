@@ -150,10 +150,19 @@ class FallbackTags:
 
     async def _flush(self, key: tuple[str, str, str | None], batch: _Batch) -> None:
         repository, subject, auth = key
-        async with self.index.subject_lock(repository, subject):
-            if self._pending.get(key) is batch:
-                del self._pending[key]
-            await self._write(repository, subject, auth, batch.changes)
+        try:
+            async with self.index.subject_lock(repository, subject):
+                self._close(key, batch)
+                await self._write(repository, subject, auth, batch.changes)
+        finally:
+            # Also when the lock could not be taken: a later change must start a new batch,
+            # not join this failed one.
+            self._close(key, batch)
+
+    def _close(self, key: tuple[str, str, str | None], batch: _Batch) -> None:
+        """No more changes join `batch`."""
+        if self._pending.get(key) is batch:
+            del self._pending[key]
 
     async def _write(
         self, repository: str, subject: str, auth: str | None, changes: list[Referrer | str]

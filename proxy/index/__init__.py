@@ -8,7 +8,7 @@ from proxy.index.redis import RedisIndex
 
 def open_index(settings: Settings) -> IndexStore:
     if settings.redis_url:
-        return RedisIndex.from_url(settings.redis_url)
+        return RedisIndex.from_url(settings.redis_url, settings.redis_max_connections)
     return EmbeddedIndex()
 
 

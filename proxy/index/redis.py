@@ -14,6 +14,7 @@ from proxy.index.base import IndexUnavailable, Page, TagSync, merge_positions
 from proxy.manifest import Referrer
 
 log = logging.getLogger(__name__)
+POOL_WAIT_SECONDS = 10.0
 LOCK_SECONDS = 10.0  # outlives any tag write; bounds how long a crashed holder blocks
 
 
@@ -35,12 +36,19 @@ class RedisIndex:
         self._redis = client
 
     @classmethod
-    def from_url(cls, url: str) -> RedisIndex:
-        return cls(
-            aioredis.Redis.from_url(
-                url, socket_connect_timeout=2.0, socket_timeout=5.0, health_check_interval=15
-            )
+    def from_url(cls, url: str, max_connections: int = 64) -> RedisIndex:
+        """A bounded pool that makes callers wait for a connection: redis-py's default pool
+        fails with "Too many connections" once concurrency passes its cap (seen in the soak),
+        and every extra connection costs memory."""
+        pool = aioredis.BlockingConnectionPool.from_url(
+            url,
+            max_connections=max_connections,
+            timeout=POOL_WAIT_SECONDS,
+            socket_connect_timeout=2.0,
+            socket_timeout=5.0,
+            health_check_interval=15,
         )
+        return cls(aioredis.Redis.from_pool(pool))
 
     async def add(self, repository: str, referrer: Referrer) -> None:
         record = keys.referrer(repository, referrer.digest)

@@ -1,0 +1,58 @@
+"""Group commit must not outlive a failure: the next attach gets a fresh write."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+
+import aiohttp
+import pytest
+from yarl import URL
+
+from proxy.config import FallbackMode
+from proxy.fallback import FallbackTags
+from proxy.index import EmbeddedIndex, IndexUnavailable
+from proxy.manifest import inspect_manifest
+from proxy.registry_client import RegistryClient
+from tests.harness.processes import Registry
+from tests.oci import MANIFEST, artifact_manifest, push_manifest, push_subject_image, read_tag_index
+
+
+class LockFailsOnce(EmbeddedIndex):
+    """Injects the fault seen in the soak: the subject lock cannot be taken, once."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.failures = 1
+
+    def subject_lock(self, repository: str, subject: str) -> AbstractAsyncContextManager[None]:
+        if self.failures:
+            self.failures -= 1
+            return self._broken()
+        return super().subject_lock(repository, subject)
+
+    @asynccontextmanager
+    async def _broken(self) -> AsyncIterator[None]:
+        raise IndexUnavailable("lock failed: Too many connections")
+        yield
+
+
+async def test_a_failed_write_does_not_poison_the_subject(
+    http: aiohttp.ClientSession, registry: Registry, repo: str
+) -> None:
+    image = await push_subject_image(http, registry.url, repo)
+    first, second = artifact_manifest(image, annotations={"n": "1"}), artifact_manifest(image)
+    for manifest in (first, second):
+        assert (await push_manifest(http, registry.url, repo, manifest)).status == 201
+    async with aiohttp.ClientSession() as session:
+        client = RegistryClient(session, URL(registry.url), 4 * 1024 * 1024)
+        fallback = FallbackTags(client, LockFailsOnce(), FallbackMode.WRITE, 30.0)
+        referrers = [inspect_manifest(m, MANIFEST) for m in (first, second)]
+        assert referrers[0] is not None
+        assert referrers[1] is not None
+        with pytest.raises(IndexUnavailable):
+            await fallback.record(repo, referrers[0], None)
+        await fallback.record(repo, referrers[1], None)
+        await fallback.record(repo, referrers[0], None)
+    _, listed, _ = await read_tag_index(http, registry.url, repo, image)
+    assert sorted(d["digest"] for d in listed) == sorted(r.digest for r in referrers)
