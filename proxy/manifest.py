@@ -18,7 +18,7 @@ IMAGE_INDEX = "application/vnd.oci.image.index.v1+json"
 _OCI_TYPES = frozenset({IMAGE_MANIFEST, IMAGE_INDEX})
 # Content types that say nothing about the manifest: then its own `mediaType` field decides.
 _GENERIC_TYPES = frozenset({"", "application/json", "application/octet-stream"})
-_HASHES = {"sha256": hashlib.sha256, "sha512": hashlib.sha512}
+_HASHES = {"sha256": hashlib.sha256, "sha384": hashlib.sha384, "sha512": hashlib.sha512}
 
 
 class ManifestInvalid(ValueError):

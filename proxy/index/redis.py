@@ -31,9 +31,29 @@ def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
+# One server-side step: the position is taken and the referrer recorded under it atomically, so
+# no referrer can commit behind a cursor already handed out (taking it first, outside the
+# transaction, let a slow add land before a walk in progress and never be listed).
+# KEYS: position counter, descriptors, all, type, referrer record.
+# ARGV: digest, descriptor, subject, artifact type ("" for none).
+_ADD = """
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+if redis.call('ZSCORE', KEYS[3], ARGV[1]) then return 0 end
+local position = redis.call('INCR', KEYS[1])
+redis.call('ZADD', KEYS[3], position, ARGV[1])
+redis.call('HSET', KEYS[5], 'subject', ARGV[3])
+if ARGV[4] ~= '' then
+  redis.call('ZADD', KEYS[4], position, ARGV[1])
+  redis.call('HSET', KEYS[5], 'artifact_type', ARGV[4])
+end
+return position
+"""
+
+
 class RedisIndex:
     def __init__(self, client: aioredis.Redis) -> None:
         self._redis = client
+        self._add = client.register_script(_ADD)
 
     @classmethod
     def from_url(cls, url: str, max_connections: int = 64) -> RedisIndex:
@@ -51,30 +71,18 @@ class RedisIndex:
         return cls(aioredis.Redis.from_pool(pool))
 
     async def add(self, repository: str, referrer: Referrer) -> None:
-        record = keys.referrer(repository, referrer.digest)
+        subject = referrer.subject
         async with _guard("add"):
-            position = await self._redis.incr(keys.position_counter())
-            async with self._redis.pipeline(transaction=True) as tx:
-                tx.hset(
-                    keys.subject_descriptors(repository, referrer.subject),
-                    referrer.digest,
-                    referrer.descriptor,
-                )
-                tx.zadd(
-                    keys.subject_all(repository, referrer.subject),
-                    {referrer.digest: position},
-                    nx=True,
-                )
-                if referrer.artifact_type is not None:
-                    tx.zadd(
-                        keys.subject_type(repository, referrer.subject, referrer.artifact_type),
-                        {referrer.digest: position},
-                        nx=True,
-                    )
-                tx.hset(record, "subject", referrer.subject)
-                if referrer.artifact_type is not None:
-                    tx.hset(record, "artifact_type", referrer.artifact_type)
-                await tx.execute()
+            await self._add(
+                keys=[
+                    keys.position_counter(),
+                    keys.subject_descriptors(repository, subject),
+                    keys.subject_all(repository, subject),
+                    keys.subject_type(repository, subject, referrer.artifact_type or ""),
+                    keys.referrer(repository, referrer.digest),
+                ],
+                args=[referrer.digest, referrer.descriptor, subject, referrer.artifact_type or ""],
+            )
 
     async def remove(self, repository: str, digest: str) -> None:
         record = keys.referrer(repository, digest)
