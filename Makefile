@@ -48,8 +48,8 @@ test-system-deps:
 	$(call need,openssl,openssl)
 
 lint: $(VENV)/.test-installed
-	$(BIN)/ruff check proxy tests bench
-	$(BIN)/ruff format --check proxy tests bench
+	$(BIN)/ruff check proxy tests bench deploy
+	$(BIN)/ruff format --check proxy tests bench deploy
 	$(BIN)/mypy --strict proxy
 
 test: lint test-system-deps
