@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import time
 
+from proxy.metrics import Metrics
 from proxy.registry_client import ACCEPT_MANIFESTS, Answer, RegistryClient
 
 MAX_REMEMBERED = 100_000
@@ -22,16 +23,19 @@ def _key(auth: str | None, repository: str) -> str:
 
 
 class PullAccess:
-    def __init__(self, client: RegistryClient, remember_seconds: float) -> None:
+    def __init__(self, client: RegistryClient, remember_seconds: float, metrics: Metrics) -> None:
         self.client = client
         self.remember_seconds = remember_seconds
+        self.metrics = metrics
         self._allowed: dict[str, float] = {}
 
     async def refusal(self, repository: str, subject: str, auth: str | None) -> Answer | None:
         """The upstream's refusal to relay, or None when the caller may pull `repository`."""
         key = _key(auth, repository)
         now = time.monotonic()
-        if self._allowed.get(key, 0.0) > now:
+        hit = self._allowed.get(key, 0.0) > now
+        self.metrics.cache_lookup("auth", hit)
+        if hit:
             return None
         answer = await self.client.call(
             "HEAD",

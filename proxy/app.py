@@ -6,17 +6,23 @@ import logging
 from collections.abc import AsyncIterator
 
 import aiohttp
+import orjson
 from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from proxy.access import PullAccess
 from proxy.config import Settings
 from proxy.errors import Handler, error_middleware
 from proxy.fallback import FallbackTags
 from proxy.forward import Forwarder
+from proxy.health import Readiness
 from proxy.index import IndexStore, IndexUnavailable, open_index
+from proxy.index.measured import MeasuredIndex
+from proxy.metrics import Metrics
 from proxy.paths import MAX_TARGET, target_problem
 from proxy.referrers_api import ReferrersApi
 from proxy.registry_client import RegistryClient
+from proxy.request_id import echo_request_id, request_id_middleware, send_request_id
 from proxy.tags_api import TagListApi
 from proxy.upstream import open_session, probe_native_referrers
 
@@ -25,6 +31,8 @@ log = logging.getLogger(__name__)
 FORWARDER = web.AppKey("forwarder", Forwarder)
 REFERRERS = web.AppKey("referrers", ReferrersApi)
 TAGS = web.AppKey("tags", TagListApi)
+METRICS = web.AppKey("metrics", Metrics)
+READINESS = web.AppKey("readiness", Readiness)
 
 
 @web.middleware
@@ -36,22 +44,33 @@ async def path_middleware(request: web.Request, handler: Handler) -> web.StreamR
     return await handler(request)
 
 
+def _upstream_trace(metrics: Metrics) -> aiohttp.TraceConfig:
+    """Every upstream call is timed and carries the id of the request it is made for."""
+    trace = metrics.upstream_trace()
+    trace.on_request_start.append(send_request_id)
+    return trace
+
+
 def make_app(
     settings: Settings,
     *,
     session: aiohttp.ClientSession | None = None,
     index: IndexStore | None = None,
 ) -> web.Application:
-    """`session` and `index` let a caller share them; otherwise the app owns its own."""
+    """`session` and `index` let a caller share them; otherwise the app owns its own. Only the
+    app's own session is traced (upstream latency, request ids sent upstream)."""
+    metrics = Metrics.create()
     app = web.Application(
-        middlewares=[error_middleware, path_middleware],
+        middlewares=[request_id_middleware, metrics.middleware, error_middleware, path_middleware],
         handler_args={"max_field_size": 16384, "max_line_size": 4 * MAX_TARGET},
     )
+    app[METRICS] = metrics
+    app.on_response_prepare.append(echo_request_id)
 
     async def upstream_session(app: web.Application) -> AsyncIterator[None]:
         own = session is None
-        client = open_session(settings) if session is None else session
-        app[FORWARDER] = Forwarder(client, settings.upstream)
+        client = open_session(settings, [_upstream_trace(metrics)]) if session is None else session
+        app[FORWARDER] = Forwarder(client, settings.upstream, metrics)
         log.info("forwarding /v2/ to %s", settings.upstream)
         yield
         if own:
@@ -59,7 +78,7 @@ def make_app(
 
     async def referrers_index(app: web.Application) -> AsyncIterator[None]:
         own = index is None
-        store = open_index(settings) if index is None else index
+        store = MeasuredIndex(open_index(settings) if index is None else index, metrics)
         try:
             await store.ping()
         except IndexUnavailable as exc:
@@ -70,13 +89,17 @@ def make_app(
             )
         forwarder = app[FORWARDER]
         client = RegistryClient(forwarder.session, forwarder.upstream, settings.max_manifest_bytes)
-        fallback = FallbackTags(client, store, settings.fallback_tags, settings.fallback_refresh)
+        fallback = FallbackTags(
+            client, store, settings.fallback_tags, settings.fallback_refresh, metrics
+        )
         app[TAGS] = TagListApi(client, forwarder)
+        app[READINESS] = Readiness(forwarder.session, forwarder.upstream, store)
         app[REFERRERS] = ReferrersApi(
             forwarder,
             store,
             fallback,
-            PullAccess(client, settings.auth_cache_seconds),
+            PullAccess(client, settings.auth_cache_seconds, metrics),
+            metrics,
             max_manifest_bytes=settings.max_manifest_bytes,
             page_size=settings.referrers_page_size,
             upstream_native=await probe_native_referrers(forwarder.session, settings.upstream),
@@ -103,6 +126,25 @@ def make_app(
     async def tags_list(request: web.Request) -> web.StreamResponse:
         return await request.app[TAGS].tags_list(request)
 
+    async def healthz(request: web.Request) -> web.StreamResponse:
+        return web.Response(text="ok")
+
+    async def readyz(request: web.Request) -> web.StreamResponse:
+        report = await request.app[READINESS].report()
+        body = orjson.dumps({"ready": report.ready, "checks": report.checks})
+        return web.Response(
+            status=200 if report.ready else 503, body=body, content_type="application/json"
+        )
+
+    async def metrics_page(request: web.Request) -> web.StreamResponse:
+        return web.Response(
+            body=request.app[METRICS].exposition(), headers={"Content-Type": CONTENT_TYPE_LATEST}
+        )
+
+    # Outside /v2/, so they never shadow a registry path; no credentials asked.
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics_page)
     manifests = "/v2/{name:.+}/manifests/{reference}"
     app.router.add_route("PUT", manifests, put_manifest)
     app.router.add_route("DELETE", manifests, delete_manifest)

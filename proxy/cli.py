@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
-import logging
 import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -16,6 +15,7 @@ from typing import Any
 from proxy import __version__
 from proxy.config import (
     FallbackMode,
+    LogFormat,
     Settings,
     SettingsError,
     check_pairs,
@@ -54,6 +54,13 @@ def _log_level(value: str) -> str:
     if level not in ("debug", "info", "warning", "error"):
         raise ValueError(f"must be one of debug, info, warning, error, got {value!r}")
     return level
+
+
+def _log_format(value: str) -> LogFormat:
+    try:
+        return LogFormat(value.strip().lower())
+    except ValueError:
+        raise ValueError(f"must be text or json, got {value!r}") from None
 
 
 def _fallback_mode(value: str) -> FallbackMode:
@@ -142,6 +149,7 @@ SERVE_OPTIONS: tuple[Option, ...] = (
     Option("tls-cert", str, "PEM certificate (chain) to serve HTTPS with; needs --tls-key"),
     Option("tls-key", str, "PEM private key of --tls-cert"),
     Option("log-level", _log_level, "debug, info, warning or error (default info)"),
+    Option("log-format", _log_format, "text, or json for one object per line (default text)"),
 )
 
 
@@ -155,6 +163,7 @@ _REINDEX_SHARED = frozenset(
         "connect-timeout",
         "read-timeout",
         "log-level",
+        "log-format",
     }
 )
 REINDEX_OPTIONS: tuple[Option, ...] = (
@@ -284,6 +293,7 @@ def _run_reindex(command: ReindexCommand) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    from proxy.logs import configure_logging
     from proxy.server import serve
 
     args = build_parser().parse_args(sys.argv[1:] if argv is None else list(argv))
@@ -297,10 +307,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     except SettingsError as exc:
         sys.stderr.write(f"referrers-proxy: {exc}\n")
         raise SystemExit(2) from exc
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    configure_logging(settings.log_level, settings.log_format)
     if command == "reindex":
         raise SystemExit(_run_reindex(reindex))
     serve(settings)

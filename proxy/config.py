@@ -22,6 +22,11 @@ class FallbackMode(StrEnum):
     OFF = "off"  # the index alone
 
 
+class LogFormat(StrEnum):
+    TEXT = "text"  # for people: one line, request id after the logger name
+    JSON = "json"  # for log pipelines: one object per line
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     upstream: URL
@@ -44,6 +49,7 @@ class Settings:
     tls_cert: str | None = None
     tls_key: str | None = None
     log_level: str = "info"
+    log_format: LogFormat = LogFormat.TEXT
 
 
 def check_pairs(settings: Settings) -> Settings:

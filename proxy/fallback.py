@@ -19,6 +19,7 @@ from proxy.errors import OCIError
 from proxy.index import IndexStore
 from proxy.index.base import TagSync
 from proxy.manifest import IMAGE_INDEX, Referrer
+from proxy.metrics import Metrics
 from proxy.referrers import render_index
 from proxy.registry_client import Answer, RegistryClient
 from proxy.tagschema import TagIndex, TagIndexInvalid, parse_tag_index, tag_name, tag_names
@@ -61,12 +62,18 @@ class _Batch:
 
 class FallbackTags:
     def __init__(
-        self, client: RegistryClient, index: IndexStore, mode: FallbackMode, refresh: float
+        self,
+        client: RegistryClient,
+        index: IndexStore,
+        mode: FallbackMode,
+        refresh: float,
+        metrics: Metrics,
     ) -> None:
         self.client = client
         self.index = index
         self.mode = mode
         self.refresh_seconds = refresh
+        self.metrics = metrics
         self._pending: dict[tuple[str, str, str | None], _Batch] = {}
 
     async def refresh(self, repository: str, subject: str, auth: str | None) -> None:
@@ -77,7 +84,9 @@ class FallbackTags:
             return
         known = await self.index.tag_sync(repository, subject)
         now = time.time()
-        if known is not None and now - known.at < self.refresh_seconds:
+        fresh = known is not None and now - known.at < self.refresh_seconds
+        self.metrics.cache_lookup("tag_schema", fresh)
+        if fresh:
             return
         read = await self._read(repository, subject, auth, known.digest if known else None)
         if read is None:

@@ -12,6 +12,7 @@ from yarl import URL
 
 from proxy.errors import OCIError, StreamAborted
 from proxy.headers import client_response_headers, upstream_request_headers
+from proxy.metrics import FROM_UPSTREAM, TO_UPSTREAM, Metrics
 from proxy.registry_client import Answer, read_capped
 
 log = logging.getLogger(__name__)
@@ -20,9 +21,10 @@ _NO_BODY_STATUSES = frozenset({204, 304})
 
 
 class Forwarder:
-    def __init__(self, session: aiohttp.ClientSession, upstream: URL) -> None:
+    def __init__(self, session: aiohttp.ClientSession, upstream: URL, metrics: Metrics) -> None:
         self.session = session
         self.upstream = upstream
+        self.metrics = metrics
 
     @asynccontextmanager
     async def open(
@@ -35,14 +37,19 @@ class Forwarder:
         headers = upstream_request_headers(
             request.headers, client_ip=request.remote, scheme=request.scheme, host=request.host
         )
-        async with self.session.request(
-            request.method,
-            URL(f"{self.upstream}{request.raw_path}", encoded=True),
-            headers=headers,
-            data=data,
-            allow_redirects=False,
-        ) as response:
-            yield response
+        try:
+            async with self.session.request(
+                request.method,
+                URL(f"{self.upstream}{request.raw_path}", encoded=True),
+                headers=headers,
+                data=data,
+                allow_redirects=False,
+            ) as response:
+                yield response
+        finally:
+            if data is not None:
+                sent = len(body) if body is not None else request.content.total_bytes
+                self.metrics.streamed(request.path, TO_UPSTREAM, sent)
 
     async def relay(
         self,
@@ -60,8 +67,10 @@ class Forwarder:
         )
         await response.prepare(request)
         if request.method != "HEAD" and upstream_response.status not in _NO_BODY_STATUSES:
+            relayed = 0
             try:
                 async for chunk in upstream_response.content.iter_any():
+                    relayed += len(chunk)
                     await response.write(chunk)
             except (aiohttp.ClientError, TimeoutError) as exc:
                 log.warning(
@@ -71,6 +80,8 @@ class Forwarder:
                     exc,
                 )
                 raise StreamAborted(request.path) from exc
+            finally:
+                self.metrics.streamed(request.path, FROM_UPSTREAM, relayed)
         await response.write_eof()
         return response
 
@@ -84,6 +95,7 @@ class Forwarder:
                 cap,
                 OCIError(502, "UNAVAILABLE", "upstream answer too large"),
             )
+            self.metrics.streamed(request.path, FROM_UPSTREAM, len(data))
             return Answer(upstream.status, upstream.headers, data)
 
     def reply(

@@ -7,6 +7,10 @@ from urllib.parse import parse_qsl, quote, urlencode
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
+from proxy.logs import NO_REQUEST_ID
+from proxy.metrics import route_class
+from proxy.request_id import REQUEST_ID
+
 # Query parameters that carry secrets: upload state (an HMAC'd token), bearer tokens in URLs,
 # and the signatures of pre-signed blob-storage redirects.
 SECRET_PARAMETERS = frozenset(
@@ -39,15 +43,27 @@ def redact_target(raw_target: str) -> str:
 
 
 class AccessLogger(AbstractAccessLogger):
-    """One line a request; headers (Authorization among them) are never logged."""
+    """One line a request; headers (Authorization among them) are never logged. The fields
+    also go to the record one by one, for the JSON log (see logs.py)."""
 
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        target = redact_target(request.raw_path)
         self.logger.info(
             '%s "%s %s" %d %s %.1fms',
             request.remote,
             request.method,
-            redact_target(request.raw_path),
+            target,
             response.status,
             response.body_length,
             time * 1000,
+            extra={
+                "request_id": request.get(REQUEST_ID, NO_REQUEST_ID),
+                "remote": request.remote,
+                "method": request.method,
+                "target": target,
+                "status": response.status,
+                "bytes": response.body_length,
+                "duration_ms": round(time * 1000, 1),
+                "route": route_class(request.path),
+            },
         )

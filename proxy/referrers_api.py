@@ -16,6 +16,7 @@ from proxy.forward import Forwarder
 from proxy.headers import client_response_headers
 from proxy.index import IndexStore, IndexUnavailable, Page
 from proxy.manifest import IMAGE_INDEX, ManifestInvalid, digest_algorithm, inspect_manifest
+from proxy.metrics import Metrics
 from proxy.names import is_digest
 from proxy.referrers import CURSOR_PARAM, CursorInvalid, decode_cursor, next_link, render_index
 from proxy.registry_client import Answer, read_capped
@@ -39,6 +40,7 @@ class ReferrersApi:
         index: IndexStore,
         fallback: FallbackTags,
         access: PullAccess,
+        metrics: Metrics,
         *,
         max_manifest_bytes: int,
         page_size: int,
@@ -49,6 +51,7 @@ class ReferrersApi:
         self.index = index
         self.fallback = fallback
         self.access = access
+        self.metrics = metrics
         self.max_manifest_bytes = max_manifest_bytes
         self.page_size = page_size
         self.upstream_native = upstream_native
@@ -141,6 +144,9 @@ class ReferrersApi:
             log.warning("index down: %s %s answered from the registry's tag index", name, subject)
             kept = [r for r in listed if not artifact_types or r.artifact_type in artifact_types]
             page = Page([r.descriptor for r in kept], None)
+            self.metrics.served("tag_schema", len(page.descriptors))
+        else:
+            self.metrics.served("index", len(page.descriptors))
         headers = {"Content-Type": IMAGE_INDEX}
         if artifact_types:
             headers["OCI-Filters-Applied"] = "artifactType"
@@ -184,6 +190,7 @@ class ReferrersApi:
         if first_page:
             own = await self.index.page(name, subject, artifact_types, 0, self.page_size)
             merged += [d for d in own.descriptors if orjson.loads(d)["digest"] not in digests]
+        self.metrics.served("upstream", len(merged))
         answer = {"Content-Type": IMAGE_INDEX}
         if artifact_types:
             answer["OCI-Filters-Applied"] = "artifactType"

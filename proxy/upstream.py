@@ -28,7 +28,9 @@ def _ssl_context(settings: Settings) -> ssl.SSLContext | bool:
     return ssl.create_default_context(cafile=settings.upstream_ca_file)
 
 
-def open_session(settings: Settings) -> aiohttp.ClientSession:
+def open_session(
+    settings: Settings, trace_configs: list[aiohttp.TraceConfig] | None = None
+) -> aiohttp.ClientSession:
     """Redirects are never followed and bodies never decoded: the client sees what the upstream
     said, byte for byte."""
     connector = aiohttp.TCPConnector(
@@ -45,6 +47,7 @@ def open_session(settings: Settings) -> aiohttp.ClientSession:
         read_bufsize=READ_BUFSIZE,
         skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
         cookie_jar=aiohttp.DummyCookieJar(),
+        trace_configs=trace_configs,
     )
 
 

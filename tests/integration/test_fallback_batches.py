@@ -13,6 +13,7 @@ from proxy.config import FallbackMode
 from proxy.fallback import FallbackTags
 from proxy.index import EmbeddedIndex, IndexUnavailable
 from proxy.manifest import inspect_manifest
+from proxy.metrics import Metrics
 from proxy.registry_client import RegistryClient
 from tests.harness.processes import Registry
 from tests.oci import MANIFEST, artifact_manifest, push_manifest, push_subject_image, read_tag_index
@@ -46,7 +47,7 @@ async def test_a_failed_write_does_not_poison_the_subject(
         assert (await push_manifest(http, registry.url, repo, manifest)).status == 201
     async with aiohttp.ClientSession() as session:
         client = RegistryClient(session, URL(registry.url), 4 * 1024 * 1024)
-        fallback = FallbackTags(client, LockFailsOnce(), FallbackMode.WRITE, 30.0)
+        fallback = FallbackTags(client, LockFailsOnce(), FallbackMode.WRITE, 30.0, Metrics.create())
         referrers = [inspect_manifest(m, MANIFEST) for m in (first, second)]
         assert referrers[0] is not None
         assert referrers[1] is not None

@@ -2,7 +2,7 @@ import pytest
 from yarl import URL
 
 from proxy.cli import SERVE_OPTIONS, settings_from_args
-from proxy.config import Settings, SettingsError, parse_listen, parse_upstream
+from proxy.config import LogFormat, Settings, SettingsError, parse_listen, parse_upstream
 
 
 def test_defaults_with_only_an_upstream() -> None:
@@ -65,3 +65,13 @@ def test_listen_forms() -> None:
 
 def test_upstream_is_normalised_to_an_origin() -> None:
     assert parse_upstream("https://registry.example.com/") == URL("https://registry.example.com")
+
+
+def test_log_format_from_flag_or_env() -> None:
+    assert settings_from_args(["serve", "--upstream", "http://r"], {}).log_format is LogFormat.TEXT
+    env = {"REFERRERS_PROXY_UPSTREAM": "http://r", "REFERRERS_PROXY_LOG_FORMAT": "JSON"}
+    assert settings_from_args(["serve"], env).log_format is LogFormat.JSON
+    flagged = settings_from_args(["serve", "--log-format", "text"], env)
+    assert flagged.log_format is LogFormat.TEXT
+    with pytest.raises(SettingsError, match="--log-format: must be text or json"):
+        settings_from_args(["serve", "--upstream", "http://r", "--log-format", "xml"], {})

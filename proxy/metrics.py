@@ -1,0 +1,220 @@
+"""Prometheus metrics, one registry per application so that several apps in one process (and
+tests) never share counters. Every label comes from a small fixed set: a route class, never a
+path or a repository name, so the number of series stays bounded whatever clients send."""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass
+from types import SimpleNamespace
+
+import aiohttp
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+
+from proxy.errors import Handler
+
+NAMESPACE = "referrers_proxy"
+OPS_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+ROUTE_CLASSES = (
+    "base",
+    "catalog",
+    "blob",
+    "upload",
+    "manifest",
+    "referrers",
+    "tags",
+    "ops",
+    "other",
+)
+METHODS = frozenset({"GET", "HEAD", "PUT", "POST", "PATCH", "DELETE", "OPTIONS"})
+# Exception class names worth telling apart in index errors; any other is "other".
+INDEX_ERRORS = frozenset(
+    {
+        "IndexUnavailable",
+        "ConnectionError",
+        "TimeoutError",
+        "AuthenticationError",
+        "BusyLoadingError",
+        "ReadOnlyError",
+        "OutOfMemoryError",
+        "ResponseError",
+        "LockError",
+        "MaxConnectionsError",
+    }
+)
+TO_UPSTREAM, FROM_UPSTREAM = "to_upstream", "from_upstream"
+# Blob transfers take minutes; metadata calls milliseconds.
+SECONDS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
+
+# The name is greedy, so the last endpoint-shaped tail wins: a repository may be called
+# `a/blobs/b` or `x/manifests`.
+_ENDPOINT = re.compile(
+    r"/v2/.+/(?:"
+    r"(?P<upload>blobs/uploads(?:/[^/]*)?)"
+    r"|(?P<blob>blobs/[^/]+)"
+    r"|(?P<manifest>manifests/[^/]+)"
+    r"|(?P<referrers>referrers/[^/]+)"
+    r"|(?P<tags>tags/list)"
+    r")"
+)
+
+
+def route_class(path: str) -> str:
+    """The kind of endpoint `path` (without query) addresses: one of ROUTE_CLASSES."""
+    if path in ("/v2", "/v2/"):
+        return "base"
+    if path == "/v2/_catalog":
+        return "catalog"
+    if path in OPS_PATHS:
+        return "ops"
+    match = _ENDPOINT.fullmatch(path)
+    if match is None or match.lastgroup is None:
+        return "other"
+    return match.lastgroup
+
+
+def method_label(method: str) -> str:
+    return method if method in METHODS else "other"
+
+
+def error_label(exc: BaseException) -> str:
+    """The class name of what really failed: an IndexUnavailable's cause when it has one."""
+    name = type(exc.__cause__ or exc).__name__
+    return name if name in INDEX_ERRORS else "other"
+
+
+@dataclass(frozen=True)
+class Metrics:
+    registry: CollectorRegistry
+    requests: Counter
+    request_seconds: Histogram
+    upstream_seconds: Histogram
+    streamed_bytes: Counter
+    index_operations: Counter
+    index_errors: Counter
+    referrers_responses: Counter
+    referrers_descriptors: Counter
+    cache_lookups: Counter
+
+    @classmethod
+    def create(cls) -> Metrics:
+        registry = CollectorRegistry()
+
+        def counter(name: str, doc: str, labels: tuple[str, ...]) -> Counter:
+            return Counter(name, doc, labels, namespace=NAMESPACE, registry=registry)
+
+        def histogram(name: str, doc: str, labels: tuple[str, ...]) -> Histogram:
+            return Histogram(
+                name,
+                doc,
+                labels,
+                namespace=NAMESPACE,
+                registry=registry,
+                buckets=SECONDS_BUCKETS,
+            )
+
+        metrics = cls(
+            registry=registry,
+            requests=counter(
+                "requests",
+                "Requests answered, by method, route class and status",
+                ("method", "route", "status"),
+            ),
+            request_seconds=histogram(
+                "request_duration_seconds", "Time to handle a request, by route class", ("route",)
+            ),
+            upstream_seconds=histogram(
+                "upstream_response_seconds",
+                "Time until the upstream's response headers, by route class",
+                ("route",),
+            ),
+            streamed_bytes=counter(
+                "streamed_bytes",
+                "Body bytes passed between clients and the upstream, by direction and route class",
+                ("direction", "route"),
+            ),
+            index_operations=counter(
+                "index_operations", "Referrers index operations, by operation", ("operation",)
+            ),
+            index_errors=counter(
+                "index_errors",
+                "Failed referrers index operations, by operation and error class",
+                ("operation", "error"),
+            ),
+            referrers_responses=counter(
+                "referrers_responses",
+                "Referrers answers served, by where they came from",
+                ("source",),
+            ),
+            referrers_descriptors=counter(
+                "referrers_descriptors",
+                "Descriptors listed in referrers answers, by where they came from",
+                ("source",),
+            ),
+            cache_lookups=counter(
+                "cache_lookups",
+                "Cache lookups: auth (pull permission) and tag_schema (revalidation), by result",
+                ("cache", "result"),
+            ),
+        )
+        for cache in ("auth", "tag_schema"):
+            for result in ("hit", "miss"):
+                metrics.cache_lookups.labels(cache, result)
+        return metrics
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
+
+    @web.middleware
+    async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """Outside the error middleware, so it sees the status the client got; "aborted" when
+        the connection was cut instead (an upstream failing mid-body, a client gone)."""
+        route = route_class(request.path)
+        started = time.perf_counter()
+        status = "aborted"
+        try:
+            response = await handler(request)
+            status = str(response.status)
+            return response
+        except web.HTTPException as exc:
+            status = str(exc.status)
+            raise
+        finally:
+            self.requests.labels(method_label(request.method), route, status).inc()
+            self.request_seconds.labels(route).observe(time.perf_counter() - started)
+
+    def upstream_trace(self) -> aiohttp.TraceConfig:
+        """Times every upstream call, the proxy's own included, up to its response headers."""
+
+        async def start(
+            session: aiohttp.ClientSession,
+            context: SimpleNamespace,
+            params: aiohttp.TraceRequestStartParams,
+        ) -> None:
+            context.started = time.perf_counter()
+
+        async def end(
+            session: aiohttp.ClientSession,
+            context: SimpleNamespace,
+            params: aiohttp.TraceRequestEndParams,
+        ) -> None:
+            route = route_class(params.url.raw_path)
+            self.upstream_seconds.labels(route).observe(time.perf_counter() - context.started)
+
+        trace = aiohttp.TraceConfig()
+        trace.on_request_start.append(start)
+        trace.on_request_end.append(end)
+        return trace
+
+    def streamed(self, path: str, direction: str, count: int) -> None:
+        """Called once per body with a count kept locally, never per chunk."""
+        self.streamed_bytes.labels(direction, route_class(path)).inc(count)
+
+    def served(self, source: str, descriptors: int) -> None:
+        self.referrers_responses.labels(source).inc()
+        self.referrers_descriptors.labels(source).inc(descriptors)
+
+    def cache_lookup(self, cache: str, hit: bool) -> None:
+        self.cache_lookups.labels(cache, "hit" if hit else "miss").inc()
