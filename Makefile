@@ -58,8 +58,10 @@ test: lint test-system-deps
 # The long soak: mixed traffic through a real proxy for SOAK_SECONDS, then a summary table.
 SOAK_SECONDS ?= 120
 SOAK_CONNECTIONS ?= 300
+SOAK_KEEP ?= 40
 soak: $(VENV)/.test-installed test-system-deps
-	$(BIN)/python -m bench.soak --seconds $(SOAK_SECONDS) --connections $(SOAK_CONNECTIONS)
+	$(BIN)/python -m bench.soak --seconds $(SOAK_SECONDS) --connections $(SOAK_CONNECTIONS) \
+	  --keep $(SOAK_KEEP)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

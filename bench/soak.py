@@ -49,8 +49,10 @@ class SoakResult:
     by_class: Counter[str] = field(default_factory=Counter)
     by_operation: Counter[str] = field(default_factory=Counter)
     attached: int = 0
+    detached: int = 0
     lost_in_answer: int = 0
     lost_in_registry: int = 0
+    resurrected: int = 0  # detached, yet still listed by the proxy or the registry's tag index
     samples: list[tuple[float, int, int]] = field(default_factory=list)  # (t, rss, fds)
 
     @property
@@ -63,8 +65,10 @@ class SoakResult:
             *((f"  {op}", str(n)) for op, n in sorted(self.by_operation.items())),
             *((f"status {cls}", str(n)) for cls, n in sorted(self.by_class.items())),
             ("referrers attached", str(self.attached)),
+            ("referrers detached", str(self.detached)),
             ("referrers lost (proxy answer)", str(self.lost_in_answer)),
             ("referrers lost (registry tag index)", str(self.lost_in_registry)),
+            ("detached yet still listed", str(self.resurrected)),
         ]
         for label, (t, rss, fds) in zip(
             ("start", "middle", "end"), self.steady_samples(), strict=False
@@ -86,6 +90,8 @@ class _World:
     subjects: dict[str, bytes]
     blobs: dict[str, str]
     attached: dict[str, list[str]]
+    detached: dict[str, set[str]]
+    keep: int  # referrers per subject before attaches turn into detaches; 0: no limit
 
 
 async def _one(
@@ -112,6 +118,20 @@ async def _one(
         result.by_class[outcome] += 2  # the POST and the PUT of a monolithic upload
         result.by_operation[operation] += 2
         result.requests += 2
+        return
+    elif roll < 0.85 and world.keep and len(world.attached[repo]) >= world.keep:
+        operation = "detach referrer"
+        digest = world.attached[repo].pop(0)
+        try:
+            async with http.delete(f"{base}/manifests/{digest}") as response:
+                status = response.status
+        except aiohttp.ClientError:
+            status = 0
+        if status == 202:
+            world.detached[repo].add(digest)
+        else:
+            world.attached[repo].append(digest)
+        _count(result, operation, status)
         return
     elif roll < 0.85:
         operation = "attach referrer"
@@ -144,7 +164,14 @@ def _count(result: SoakResult, operation: str, status: int) -> None:
 
 
 async def soak(
-    proxy: str, registry: str, pid: int, *, seconds: float, connections: int, repos: int = 8
+    proxy: str,
+    registry: str,
+    pid: int,
+    *,
+    seconds: float,
+    connections: int,
+    repos: int = 8,
+    keep: int = 0,
 ) -> SoakResult:
     result = SoakResult()
     rng = random.Random(1)
@@ -152,7 +179,15 @@ async def soak(
     async with aiohttp.ClientSession(connector=connector, auto_decompress=False) as http:
         run = hashlib.sha256(os.urandom(8)).hexdigest()[:8]
         names = [f"soak/{run}/r{n}" for n in range(repos)]
-        world = _World(proxy, names, {}, {}, {name: [] for name in names})
+        world = _World(
+            proxy,
+            names,
+            {},
+            {},
+            {name: [] for name in names},
+            {name: set() for name in names},
+            keep,
+        )
         for name in names:
             world.subjects[name] = await push_subject_image(http, proxy, name)
             world.blobs[name] = await push_blob(http, proxy, name, rng.randbytes(256 * 1024))
@@ -173,7 +208,9 @@ async def soak(
         await asyncio.gather(sampler(), *(worker(n) for n in range(connections)))
         for name in names:
             expected = set(world.attached[name])
-            result.attached += len(expected)
+            detached = world.detached[name]
+            result.attached += len(expected) + len(detached)
+            result.detached += len(detached)
             listed: set[str] = set()
             url: str | None = f"{proxy}/v2/{name}/referrers/{sha256(world.subjects[name])}"
             for _ in range(10_000):
@@ -187,17 +224,21 @@ async def soak(
                 url = proxy + link[1 : link.index(">")] if link else None
             result.lost_in_answer += len(expected - listed)
             _, in_tag, _ = await read_tag_index(http, registry, name, world.subjects[name])
-            result.lost_in_registry += len(expected - {d["digest"] for d in in_tag})
+            tagged = {d["digest"] for d in in_tag}
+            result.lost_in_registry += len(expected - tagged)
+            result.resurrected += len(detached & (listed | tagged))
     return result
 
 
-async def _main(seconds: float, connections: int, repos: int) -> int:
+async def _main(seconds: float, connections: int, repos: int, keep: int, *proxy_args: str) -> int:
     with tempfile.TemporaryDirectory(prefix="referrers-soak-") as tmp:
         workdir = Path(tmp)
         with (
             running_registry(workdir / "registry") as registry,
             running_redis(workdir / "redis") as redis,
-            running_proxy(workdir / "proxy", registry.url, "--redis-url", redis.url) as proxy,
+            running_proxy(
+                workdir / "proxy", registry.url, "--redis-url", redis.url, *proxy_args
+            ) as proxy,
         ):
             print(f"soak: {connections} connections for {seconds:.0f} s through {proxy.url}")
             result = await soak(
@@ -207,9 +248,11 @@ async def _main(seconds: float, connections: int, repos: int) -> int:
                 seconds=seconds,
                 connections=connections,
                 repos=repos,
+                keep=keep,
             )
     print(result.table())
-    return 1 if result.server_errors or result.lost_in_answer or result.lost_in_registry else 0
+    failed = result.server_errors + result.lost_in_answer + result.lost_in_registry
+    return 1 if failed + result.resurrected else 0
 
 
 def main() -> None:
@@ -217,8 +260,17 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=120.0)
     parser.add_argument("--connections", type=int, default=300)
     parser.add_argument("--repos", type=int, default=8, help="one subject each")
+    parser.add_argument(
+        "--keep",
+        type=int,
+        default=40,
+        help="referrers kept per subject: past it, attaches become detaches (0: no limit)",
+    )
+    parser.add_argument("proxy_args", nargs="*", help="extra proxy flags, after --")
     args = parser.parse_args()
-    raise SystemExit(asyncio.run(_main(args.seconds, args.connections, args.repos)))
+    raise SystemExit(
+        asyncio.run(_main(args.seconds, args.connections, args.repos, args.keep, *args.proxy_args))
+    )
 
 
 if __name__ == "__main__":

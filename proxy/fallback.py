@@ -22,9 +22,17 @@ from proxy.manifest import IMAGE_INDEX, Referrer
 from proxy.metrics import Metrics
 from proxy.referrers import render_index
 from proxy.registry_client import Answer, RegistryClient
-from proxy.tagschema import TagIndex, TagIndexInvalid, parse_tag_index, tag_name, tag_names
+from proxy.tagschema import (
+    TagIndex,
+    TagIndexInvalid,
+    missing_children,
+    parse_tag_index,
+    tag_name,
+    tag_names,
+)
 
 log = logging.getLogger(__name__)
+_LOGGED_BODY = 300  # bytes of an upstream refusal worth a log line
 
 
 def _parse(repository: str, subject: str, tag: str, answer: Answer) -> TagIndex | None:
@@ -198,19 +206,42 @@ class FallbackTags:
         kept = apply_changes(listed, changes)
         if kept == listed:
             return
-        digest = ""
-        if kept:
-            body = render_index(r.descriptor for r in kept)
-            put = await self.client.put_manifest(repository, tag, body, IMAGE_INDEX, auth)
-            if put.status != 201:
-                raise _upstream_refused("write", repository, tag, put)
-            digest = put.headers.get("Docker-Content-Digest", "")
+        digest = await self._put(repository, tag, kept, auth)
         if current is not None and current.digest != digest:
             await self._delete_superseded(repository, tag, current.digest, auth)
         await self.index.set_tag_sync(repository, subject, TagSync(digest, time.time()))
         log.info(
             "%s:%s now lists %d referrers (%d changes)", repository, tag, len(kept), len(changes)
         )
+
+    async def _put(self, repository: str, tag: str, kept: list[Referrer], auth: str | None) -> str:
+        """Write the index listing `kept`; its digest, or "" when nothing is left to list.
+
+        A listed manifest deleted from the registry (by a detach whose own change is still
+        queued, or by a client that bypassed the proxy) makes the registry refuse any index that
+        lists it. Such children are dropped, from the proxy's index too, and the write retried:
+        each retry lists fewer, so it ends, and a stale entry cannot block a subject's tag.
+        """
+        while kept:
+            body = render_index(r.descriptor for r in kept)
+            put = await self.client.put_manifest(repository, tag, body, IMAGE_INDEX, auth)
+            if put.status == 201:
+                return put.headers.get("Docker-Content-Digest", "")
+            listed = {r.digest for r in kept}
+            gone = missing_children(put.body) & listed if put.status == 400 else set()
+            if not gone:
+                raise _upstream_refused("write", repository, tag, put)
+            log.warning(
+                "%s:%s listed %d manifests the registry no longer has; dropping them: %s",
+                repository,
+                tag,
+                len(gone),
+                ", ".join(sorted(gone)),
+            )
+            for digest in gone:
+                await self.index.remove(repository, digest)
+            kept = [r for r in kept if r.digest not in gone]
+        return ""
 
     async def _delete_superseded(
         self, repository: str, tag: str, digest: str, auth: str | None
@@ -224,7 +255,12 @@ class FallbackTags:
 
 def _upstream_refused(action: str, repository: str, tag: str, answer: Answer) -> OCIError:
     log.error(
-        "%s:%s: upstream refused the tag-schema %s (%d)", repository, tag, action, answer.status
+        "%s:%s: upstream refused the tag-schema %s (%d): %r",
+        repository,
+        tag,
+        action,
+        answer.status,
+        answer.body[:_LOGGED_BODY],
     )
     return OCIError(
         502, "UNAVAILABLE", f"upstream refused to {action} referrers tag {tag} ({answer.status})"

@@ -92,6 +92,26 @@ def parse_tag_index(subject: str, body: bytes, content_type: str, digest: str) -
     return TagIndex(digest, [_referrer(subject, entry) for entry in document["manifests"]])
 
 
+def missing_children(error_body: bytes) -> set[str]:
+    """The listed manifests a registry refused an index for because they no longer exist
+    (Distribution: 400 MANIFEST_BLOB_UNKNOWN, one error each, detail the digest); empty when the
+    refusal was for anything else."""
+    try:
+        errors = orjson.loads(error_body).get("errors")
+    except (orjson.JSONDecodeError, AttributeError):
+        return set()
+    missing: set[str] = set()
+    for error in errors if isinstance(errors, list) else []:
+        if not isinstance(error, dict) or error.get("code") != "MANIFEST_BLOB_UNKNOWN":
+            return set()
+        detail = error.get("detail")
+        digest = detail.get("digest") if isinstance(detail, dict) else detail
+        if not isinstance(digest, str) or digest_error(digest):
+            return set()
+        missing.add(digest)
+    return missing
+
+
 def visible_tags(tags: list[str], last: str | None, n: int | None) -> tuple[list[str], bool]:
     """One page of a tag list without tag-schema names, ASCIIbetical, starting after `last`;
     and whether more follow."""

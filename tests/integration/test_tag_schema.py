@@ -258,3 +258,23 @@ async def test_tags_list_hides_tag_schema_tags_and_paginates(
     status, body = await get_json(http, f"{proxy}/v2/never/pushed/tags/list")
     assert status == 404
     assert b"NAME_UNKNOWN" in body
+
+
+async def test_a_listed_referrer_deleted_behind_the_proxys_back_does_not_block_the_tag(
+    http: aiohttp.ClientSession, proxy: str, registry: Registry, repo: str
+) -> None:
+    """Found by the soak with detaches: Distribution refuses (400 MANIFEST_BLOB_UNKNOWN) any index
+    that lists a deleted manifest, so one stale entry, left by a concurrent detach or a client
+    deleting at the registry directly, failed every later attach to that subject."""
+    image = await push_subject_image(http, proxy, repo)
+    kept, removed = (artifact_manifest(image, annotations={"n": str(n)}) for n in (1, 2))
+    for manifest in (kept, removed):
+        assert (await push_manifest(http, proxy, repo, manifest)).status == 201
+    async with http.delete(f"{registry.url}/v2/{repo}/manifests/{sha256(removed)}") as deleted:
+        assert deleted.status == 202
+    assert (await tag_index(http, registry, repo, image))[1] == [sha256(kept), sha256(removed)]
+
+    late = artifact_manifest(image, annotations={"n": "3"})
+    assert (await push_manifest(http, proxy, repo, late)).status == 201
+    assert (await tag_index(http, registry, repo, image))[1] == [sha256(kept), sha256(late)]
+    assert await listed_referrers(http, proxy, repo, image) == [sha256(kept), sha256(late)]

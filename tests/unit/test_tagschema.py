@@ -5,6 +5,7 @@ from proxy.manifest import IMAGE_INDEX, IMAGE_MANIFEST
 from proxy.tagschema import (
     TagIndexInvalid,
     is_tag_schema_name,
+    missing_children,
     parse_tag_index,
     tag_name,
     tag_names,
@@ -112,3 +113,44 @@ def test_visible_tags_sorted_filtered_and_paged() -> None:
     assert visible_tags(tags, "a", 1) == (["b"], False)
     assert visible_tags(tags, None, 0) == ([], True)
     assert visible_tags(tags, "z", 5) == ([], False)
+
+
+GONE = "sha256:" + "b" * 64
+
+
+def _refusal(*errors: object) -> bytes:
+    return orjson.dumps({"errors": list(errors)})
+
+
+@pytest.mark.parametrize(
+    ("body", "missing"),
+    [
+        # Distribution 2.8's answer, one error per missing child, detail the digest.
+        (_refusal({"code": "MANIFEST_BLOB_UNKNOWN", "message": "m", "detail": GONE}), {GONE}),
+        (
+            _refusal(
+                {"code": "MANIFEST_BLOB_UNKNOWN", "detail": GONE},
+                {"code": "MANIFEST_BLOB_UNKNOWN", "detail": SUBJECT},
+            ),
+            {GONE, SUBJECT},
+        ),
+        (_refusal({"code": "MANIFEST_BLOB_UNKNOWN", "detail": {"digest": GONE}}), {GONE}),
+        # Any other reason in the answer: nothing to drop, the refusal stands.
+        (
+            _refusal(
+                {"code": "MANIFEST_BLOB_UNKNOWN", "detail": GONE},
+                {"code": "MANIFEST_INVALID", "detail": "bad"},
+            ),
+            set(),
+        ),
+        (_refusal({"code": "MANIFEST_BLOB_UNKNOWN", "detail": "sha256:short"}), set()),
+        (_refusal({"code": "MANIFEST_BLOB_UNKNOWN"}), set()),
+        (_refusal("MANIFEST_BLOB_UNKNOWN"), set()),
+        (orjson.dumps({"errors": "MANIFEST_BLOB_UNKNOWN"}), set()),
+        (orjson.dumps([GONE]), set()),
+        (b"<html>400</html>", set()),
+        (b"", set()),
+    ],
+)
+def test_missing_children_only_from_a_blob_unknown_refusal(body: bytes, missing: set[str]) -> None:
+    assert missing_children(body) == missing
