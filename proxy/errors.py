@@ -22,6 +22,7 @@ from proxy.index.base import IndexUnavailable
 log = logging.getLogger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+INTERNAL_ERROR = "internal proxy error"
 
 
 class OCIError(Exception):
@@ -88,4 +89,4 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return error_response(502, "UNAVAILABLE", "upstream registry unavailable")
     except Exception:
         log.exception("%s %s: internal error", request.method, request.path)
-        return error_response(500, "UNKNOWN", "internal proxy error")
+        return error_response(500, "UNKNOWN", INTERNAL_ERROR)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
+import aiohttp
 import orjson
 from aiohttp import web
 
@@ -93,11 +94,30 @@ class ReferrersApi:
         subject = await self._subject_of(name, reference, auth)
         answer = await self.forwarder.exchange(request, self.max_manifest_bytes)
         # 404: already gone upstream (perhaps an earlier attempt whose index update failed).
-        if answer.status in (202, 404):
+        deleted = answer.status == 202
+        if answer.status >= 500 and await self._gone(name, reference, auth):
+            # Distribution 2.8 deletes the manifest, then scans every tag's link to untag it,
+            # and answers 500 when one is being rewritten at that moment (soak-measured). The
+            # client gets that answer; the index must still follow the registry.
+            log.warning(
+                "%s %s: upstream answered %d to a delete that took effect; recording it",
+                name,
+                reference,
+                answer.status,
+            )
+            deleted = True
+        if deleted or answer.status == 404:
             await self.index.remove(name, reference)
-        if answer.status == 202 and subject is not None:
+        if deleted and subject is not None:
             await self.fallback.forget(name, subject, reference, auth)
         return self.forwarder.reply(request, answer)
+
+    async def _gone(self, name: str, digest: str, auth: str | None) -> bool:
+        try:
+            answer = await self.fallback.client.get_manifest(name, digest, auth)
+        except (aiohttp.ClientError, TimeoutError):
+            return False
+        return answer.status == 404
 
     async def _subject_of(self, name: str, digest: str, auth: str | None) -> str | None:
         """Which tag-schema index lists the manifest about to be deleted, read before it goes."""

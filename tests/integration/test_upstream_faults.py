@@ -14,8 +14,16 @@ from aiohttp.test_utils import TestServer
 from yarl import URL
 
 from tests.conftest import StartProxy
-from tests.harness.processes import free_port
-from tests.oci import push_blob
+from tests.harness.processes import Registry, free_port
+from tests.oci import (
+    artifact_manifest,
+    listed_referrers,
+    push_blob,
+    push_manifest,
+    push_subject_image,
+    read_tag_index,
+    sha256,
+)
 
 BLOB = "sha256:" + "0" * 64
 
@@ -193,3 +201,49 @@ async def test_a_client_vanishing_mid_download_harms_nothing(
         writer.transport.abort()
     async with http.get(f"{proxy}/v2/{repo}/blobs/{digest}") as response:
         assert await response.read() == data
+
+
+_HOP_BY_HOP = frozenset({"content-length", "transfer-encoding", "connection", "content-encoding"})
+
+
+async def test_a_delete_done_but_answered_500_still_leaves_the_index(
+    http: aiohttp.ClientSession, start_proxy: StartProxy, registry: Registry, repo: str
+) -> None:
+    """Distribution 2.8 deletes a manifest, then scans every tag to untag it, and answers 500
+    "invalid checksum digest format" when a tag is being rewritten at that moment (seen in the
+    soak). The race cannot be timed on demand, so a shim in front of the real registry answers
+    500 after the real delete; the proxy relays it and still forgets the referrer."""
+
+    async def shim(request: web.Request) -> web.Response:
+        async with http.request(
+            request.method,
+            URL(registry.url + request.raw_path, encoded=True),
+            headers={k: v for k, v in request.headers.items() if k.lower() != "host"},
+            data=await request.read(),
+            allow_redirects=False,
+        ) as upstream:
+            body = await upstream.read()
+            if request.method == "DELETE" and upstream.status == 202:
+                return web.json_response(
+                    {"errors": [{"code": "UNKNOWN", "message": "invalid checksum digest format"}]},
+                    status=500,
+                )
+            headers = {k: v for k, v in upstream.headers.items() if k.lower() not in _HOP_BY_HOP}
+            return web.Response(status=upstream.status, body=body, headers=headers)
+
+    upstream = await serve_fake(shim)
+    try:
+        proxy = await start_proxy(str(upstream.make_url("")))
+        image = await push_subject_image(http, registry.url, repo)
+        kept, deleted = (artifact_manifest(image, annotations={"n": str(n)}) for n in (1, 2))
+        for manifest in (kept, deleted):
+            assert (await push_manifest(http, proxy, repo, manifest)).status == 201
+        async with http.delete(f"{proxy}/v2/{repo}/manifests/{sha256(deleted)}") as response:
+            assert response.status == 500, "the registry's answer is relayed"
+        async with http.get(f"{registry.url}/v2/{repo}/manifests/{sha256(deleted)}") as gone:
+            assert gone.status == 404
+        assert await listed_referrers(http, proxy, repo, image) == [sha256(kept)]
+        _, in_tag, _ = await read_tag_index(http, registry.url, repo, image)
+        assert [d["digest"] for d in in_tag] == [sha256(kept)]
+    finally:
+        await upstream.close()
