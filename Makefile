@@ -19,7 +19,7 @@ define need
 	fi
 endef
 
-.PHONY: run test lint soak test-system-deps clean
+.PHONY: run test lint soak bench test-system-deps clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -46,6 +46,9 @@ test-system-deps:
 	$(call need,redis-server,redis-server)
 	$(call need,skopeo,skopeo)
 	$(call need,openssl,openssl)
+	$(call need,curl,curl)
+	$(call need,wrk,wrk)
+	$(call need,hey,hey)
 
 lint: $(VENV)/.test-installed
 	$(BIN)/ruff check proxy tests bench deploy
@@ -62,6 +65,12 @@ SOAK_KEEP ?= 40
 soak: $(VENV)/.test-installed test-system-deps
 	$(BIN)/python -m bench.soak --seconds $(SOAK_SECONDS) --connections $(SOAK_CONNECTIONS) \
 	  --keep $(SOAK_KEEP)
+
+# Each scenario direct and through the proxy, interleaved over rounds; a table of medians and
+# ratios, JSON in bench/results/latest.json. BENCH_ARGS="--quick" for a smoke, "--only blobs" etc.
+BENCH_ARGS ?=
+bench: $(VENV)/.test-installed test-system-deps
+	$(BIN)/python -m bench $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
