@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 
@@ -32,6 +33,7 @@ from proxy.tagschema import (
 )
 
 log = logging.getLogger(__name__)
+_SYNCED_MEMORY = 65_536  # subjects whose last sync this process remembers
 _LOGGED_BODY = 300  # bytes of an upstream refusal worth a log line
 
 
@@ -83,6 +85,9 @@ class FallbackTags:
         self.refresh_seconds = refresh
         self.metrics = metrics
         self._pending: dict[tuple[str, str, str | None], _Batch] = {}
+        # When this process last knew each subject's tag to be in sync: saves the shared
+        # index a round trip on most reads. Bounded, oldest first out.
+        self._synced_at: dict[tuple[str, str], float] = {}
 
     async def refresh(self, repository: str, subject: str, auth: str | None) -> None:
         """Bring the referrers that legacy clients listed upstream into the index, unless it
@@ -90,18 +95,38 @@ class FallbackTags:
         skipped: the index still answers."""
         if self.mode is FallbackMode.OFF:
             return
-        known = await self.index.tag_sync(repository, subject)
         now = time.time()
+        if now - self._synced_at.get((repository, subject), -math.inf) < self.refresh_seconds:
+            self.metrics.cache_lookup("tag_schema", True)
+            return
+        known = await self.index.tag_sync(repository, subject)
         fresh = known is not None and now - known.at < self.refresh_seconds
         self.metrics.cache_lookup("tag_schema", fresh)
-        if fresh:
+        if known is not None and fresh:
+            self._synced(repository, subject, known.at)
             return
         read = await self._read(repository, subject, auth, known.digest if known else None)
         if read is None:
             return
         for referrer in read.referrers:
             await self.index.add(repository, referrer)
-        await self.index.set_tag_sync(repository, subject, TagSync(read.digest, now))
+        await self._set_tag_sync(repository, subject, TagSync(read.digest, now))
+
+    async def _set_tag_sync(self, repository: str, subject: str, sync: TagSync) -> None:
+        await self.index.set_tag_sync(repository, subject, sync)
+        self._synced(repository, subject, sync.at)
+
+    def index_lost(self) -> None:
+        """The index failed: it may come back empty, so every subject is re-read from its tag
+        on the next query instead of trusting what this process remembers."""
+        self._synced_at.clear()
+
+    def _synced(self, repository: str, subject: str, at: float) -> None:
+        key = (repository, subject)
+        self._synced_at.pop(key, None)
+        self._synced_at[key] = at
+        if len(self._synced_at) > _SYNCED_MEMORY:
+            del self._synced_at[next(iter(self._synced_at))]
 
     async def without_index(
         self, repository: str, subject: str, auth: str | None
@@ -209,7 +234,7 @@ class FallbackTags:
         digest = await self._put(repository, tag, kept, auth)
         if current is not None and current.digest != digest:
             await self._delete_superseded(repository, tag, current.digest, auth)
-        await self.index.set_tag_sync(repository, subject, TagSync(digest, time.time()))
+        await self._set_tag_sync(repository, subject, TagSync(digest, time.time()))
         log.info(
             "%s:%s now lists %d referrers (%d changes)", repository, tag, len(kept), len(changes)
         )

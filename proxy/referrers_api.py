@@ -158,6 +158,7 @@ class ReferrersApi:
                 await self.fallback.refresh(name, subject, auth)
             page = await self.index.page(name, subject, artifact_types, after, self.page_size)
         except IndexUnavailable:
+            self.fallback.index_lost()
             listed = None if cursor else await self.fallback.without_index(name, subject, auth)
             if listed is None:
                 raise

@@ -10,7 +10,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from proxy.index import keys
-from proxy.index.base import IndexUnavailable, Page, TagSync, merge_positions
+from proxy.index.base import IndexUnavailable, Page, TagSync
 from proxy.manifest import Referrer
 
 log = logging.getLogger(__name__)
@@ -49,11 +49,43 @@ end
 return position
 """
 
+# One page in one round trip: each position set (one per artifact type asked for, or the set of
+# all) read from `after` on, merged by position, and the chosen descriptors fetched.
+# KEYS: descriptors, then the position sets. ARGV: after (exclusive), limit.
+# Reply: 1 when more follow, the last position listed, then the descriptors.
+_PAGE = """
+local limit = tonumber(ARGV[2])
+local seen, entries = {}, {}
+for i = 2, #KEYS do
+  local run = redis.call('ZRANGEBYSCORE', KEYS[i], '(' .. ARGV[1], '+inf',
+                         'WITHSCORES', 'LIMIT', 0, limit + 1)
+  for j = 1, #run, 2 do
+    if not seen[run[j]] then
+      seen[run[j]] = true
+      entries[#entries + 1] = {tonumber(run[j + 1]), run[j]}
+    end
+  end
+end
+table.sort(entries, function(a, b) return a[1] < b[1] end)
+local count = math.min(#entries, limit)
+local reply = {#entries > limit and 1 or 0, count > 0 and entries[count][1] or 0}
+for first = 1, count, 500 do
+  local digests = {}
+  for i = first, math.min(first + 499, count) do digests[#digests + 1] = entries[i][2] end
+  for _, descriptor in ipairs(redis.call('HMGET', KEYS[1], unpack(digests))) do
+    -- false: removed since its position was read; simply left out
+    if descriptor then reply[#reply + 1] = descriptor end
+  end
+end
+return reply
+"""
+
 
 class RedisIndex:
     def __init__(self, client: aioredis.Redis) -> None:
         self._redis = client
         self._add = client.register_script(_ADD)
+        self._page = client.register_script(_PAGE)
 
     @classmethod
     def from_url(cls, url: str, max_connections: int = 64) -> RedisIndex:
@@ -113,22 +145,10 @@ class RedisIndex:
             else [keys.subject_all(repository, subject)]
         )
         async with _guard("read"):
-            async with self._redis.pipeline(transaction=False) as pipe:
-                for key in sets:
-                    pipe.zrangebyscore(
-                        key, f"({after}", "+inf", start=0, num=limit + 1, withscores=True
-                    )
-                replies = await pipe.execute()
-            runs = [[(int(score), _text(member)) for member, score in reply] for reply in replies]
-            chosen, more = merge_positions(runs, limit)
-            if not chosen:
-                return Page([], None)
-            found = await self._redis.hmget(
-                keys.subject_descriptors(repository, subject), [digest for _, digest in chosen]
+            more, last, *descriptors = await self._page(
+                keys=[keys.subject_descriptors(repository, subject), *sets], args=[after, limit]
             )
-        # A referrer removed between the two reads is simply left out.
-        descriptors = [descriptor for descriptor in found if isinstance(descriptor, bytes)]
-        return Page(descriptors, chosen[-1][0] if more else None)
+        return Page(descriptors, int(last) if more else None)
 
     async def tag_sync(self, repository: str, subject: str) -> TagSync | None:
         async with _guard("read"):

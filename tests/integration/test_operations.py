@@ -235,6 +235,8 @@ async def test_metrics_count_a_known_sequence(
     # The attach wrote the tag-schema index moments ago: no revalidation needed.
     assert served("cache_lookups_total", cache="tag_schema", result="hit") == 2
     assert served("cache_lookups_total", cache="tag_schema", result="miss") == 0
+    # ... and this process remembers it did, so the index is not even asked when it synced.
+    assert served("index_operations_total", operation="tag_sync") == 0
     errors = [v for (name, _), v in served.after.items() if name.endswith("index_errors_total")]
     assert sum(errors) == 0
 
