@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator, Mapping
+from contextlib import asynccontextmanager, contextmanager
 
 import aiohttp
 from aiohttp import web
@@ -18,6 +18,27 @@ from proxy.registry_client import Answer, read_capped
 log = logging.getLogger(__name__)
 
 _NO_BODY_STATUSES = frozenset({204, 304})
+MiB = 1024 * 1024
+LARGE_BODY = 4 * MiB
+LARGE_READ = 4 * MiB
+
+
+@contextmanager
+def large_reads(response: aiohttp.ClientResponse) -> Iterator[None]:
+    """While a large body streams, read its connection 4 MiB at a time instead of asyncio's
+    256 KiB: the per-read trip through Python is what limits a blob relay (bench: 1 GiB GET
+    ~0.42 -> ~0.55 of direct, with `keep_large_buffers_on_heap`). `max_size` is an attribute of
+    asyncio's selector transports; any other transport keeps its own reads."""
+    transport = response.connection.transport if response.connection else None
+    default = getattr(transport, "max_size", None)
+    if not isinstance(default, int) or (response.content_length or 0) < LARGE_BODY:
+        yield
+        return
+    transport.max_size = LARGE_READ  # type: ignore[union-attr]
+    try:
+        yield
+    finally:
+        transport.max_size = default  # type: ignore[union-attr]
 
 
 class Forwarder:
@@ -69,9 +90,10 @@ class Forwarder:
         if request.method != "HEAD" and upstream_response.status not in _NO_BODY_STATUSES:
             relayed = 0
             try:
-                async for chunk in upstream_response.content.iter_any():
-                    relayed += len(chunk)
-                    await response.write(chunk)
+                with large_reads(upstream_response):
+                    async for chunk in upstream_response.content.iter_any():
+                        relayed += len(chunk)
+                        await response.write(chunk)
             except (aiohttp.ClientError, TimeoutError) as exc:
                 log.warning(
                     "%s %s: upstream failed mid-body, closing the client connection: %r",

@@ -9,6 +9,8 @@ are connections closed and resources released.
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import ctypes.util
 import logging
 import signal
 import ssl
@@ -46,6 +48,27 @@ class InFlight:
         await self._idle.wait()
 
 
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_THRESHOLD = -3
+MiB = 1024 * 1024
+
+
+def keep_large_buffers_on_heap() -> None:
+    """Let glibc serve the multi-MiB read buffers of a blob relay from the heap: above its mmap
+    threshold each read would map and unmap fresh pages (strace: an mmap/mremap/munmap per
+    recv), which undoes the gain of large reads. Freed memory up to 32 MiB is kept for reuse.
+    Other C libraries are left alone."""
+    name = ctypes.util.find_library("c")
+    if name is None or "libc.so" not in name:
+        return
+    try:
+        libc = ctypes.CDLL(name)
+        libc.mallopt(_M_MMAP_THRESHOLD, 8 * MiB)
+        libc.mallopt(_M_TRIM_THRESHOLD, 32 * MiB)
+    except (OSError, AttributeError):
+        log.debug("mallopt unavailable; large reads use the allocator's defaults")
+
+
 def _tls(settings: Settings) -> ssl.SSLContext | None:
     if settings.tls_cert is None or settings.tls_key is None:
         return None
@@ -55,6 +78,7 @@ def _tls(settings: Settings) -> ssl.SSLContext | None:
 
 
 async def run(settings: Settings) -> None:
+    keep_large_buffers_on_heap()
     in_flight = InFlight()
     app = make_app(settings)
     app.middlewares.insert(0, in_flight.middleware)
