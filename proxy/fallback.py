@@ -100,11 +100,11 @@ class FallbackTags:
             self.metrics.cache_lookup("tag_schema", True)
             return
         known = await self.index.tag_sync(repository, subject)
-        fresh = known is not None and now - known.at < self.refresh_seconds
-        self.metrics.cache_lookup("tag_schema", fresh)
-        if known is not None and fresh:
+        if known is not None and now - known.at < self.refresh_seconds:
+            self.metrics.cache_lookup("tag_schema", True)
             self._synced(repository, subject, known.at)
             return
+        self.metrics.cache_lookup("tag_schema", False)
         read = await self._read(repository, subject, auth, known.digest if known else None)
         if read is None:
             return

@@ -10,6 +10,7 @@ import aiohttp
 from aiohttp import web
 from yarl import URL
 
+from proxy.config import MiB
 from proxy.errors import OCIError, StreamAborted
 from proxy.headers import client_response_headers, upstream_request_headers
 from proxy.metrics import FROM_UPSTREAM, TO_UPSTREAM, Metrics
@@ -18,7 +19,6 @@ from proxy.registry_client import Answer, read_capped
 log = logging.getLogger(__name__)
 
 _NO_BODY_STATUSES = frozenset({204, 304})
-MiB = 1024 * 1024
 LARGE_BODY = 4 * MiB
 LARGE_READ = 4 * MiB
 

@@ -18,7 +18,7 @@ import ssl
 from aiohttp import web
 
 from proxy.app import make_app
-from proxy.config import Settings
+from proxy.config import MiB, Settings
 from proxy.errors import Handler
 from proxy.observability import AccessLogger
 
@@ -50,7 +50,6 @@ class InFlight:
 
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
-MiB = 1024 * 1024
 
 
 def keep_large_buffers_on_heap() -> None:
