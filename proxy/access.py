@@ -1,20 +1,47 @@
-"""Answers the proxy builds itself go only to callers the upstream would let pull.
+"""Answers the proxy builds itself go only to callers the upstream proves may pull.
 
-The check asks the upstream with the caller's own credentials (a HEAD on the subject's manifest
-in that repository): 401/403 is relayed untouched, challenge included, so clients run their usual
-token flow; anything else means the caller may read the repository. Yes-answers are remembered
-briefly per exact credential and repository; a no is never remembered.
+Default-deny: the check asks the upstream, with the caller's own credentials, for the subject's
+manifest in that repository (`HEAD`, then `GET` to read the reason of a 404), and only two
+answers grant:
+
+- `200`: the caller may pull the repository;
+- `404` whose body is an OCI error `MANIFEST_UNKNOWN`: Distribution authenticates and authorizes
+  before its manifest handler looks anything up (measured on 2.8: an anonymous `GET` against an
+  htpasswd registry is 401 whatever the digest), so this 404 was routed and allowed.
+
+A `NAME_UNKNOWN` 404 grants nothing but shows nothing either: the repository does not exist for
+this caller, and the answer is an empty list. `401`/`403` are relayed untouched (challenge
+included) so clients run their token flow; `429` becomes 429 with `Retry-After`; anything else —
+Distribution's router 404 for an unknown route, 5xx, a redirect, a timeout, a reset — is 503.
+Only a grant is remembered, for `remember_seconds`, keyed by a hash of the exact credential and
+the repository; the path asked is built from the validated name and digest only.
 """
 
 from __future__ import annotations
 
 import hashlib
-import time
+import logging
 
+import aiohttp
+import orjson
+from aiohttp import hdrs
+from cachetools import TTLCache
+
+from proxy.errors import OCIError
 from proxy.metrics import Metrics
 from proxy.registry_client import ACCEPT_MANIFESTS, Answer, RegistryClient
 
+log = logging.getLogger(__name__)
 MAX_REMEMBERED = 100_000
+_MAX_RETRY_AFTER = 300  # seconds; an upstream's longer hint is capped, a missing one is 1
+
+
+class PullRefused(Exception):
+    """The upstream refused the caller (401/403): its answer is what the client gets."""
+
+    def __init__(self, answer: Answer) -> None:
+        super().__init__(answer.status)
+        self.answer = answer
 
 
 def _key(auth: str | None, repository: str) -> str:
@@ -22,32 +49,87 @@ def _key(auth: str | None, repository: str) -> str:
     return hashlib.sha256(f"{auth or ''}\n{repository}".encode()).hexdigest()
 
 
+def error_codes(body: bytes) -> set[str]:
+    """The codes of an OCI error body; empty for anything else (Distribution's router 404 is
+    `text/plain` "404 page not found")."""
+    try:
+        errors = orjson.loads(body)["errors"]
+        return {str(error["code"]) for error in errors if isinstance(error, dict)}
+    except (orjson.JSONDecodeError, KeyError, TypeError):
+        return set()
+
+
+def retry_after(answer: Answer) -> str:
+    value = answer.headers.get(hdrs.RETRY_AFTER, "")
+    return str(min(int(value), _MAX_RETRY_AFTER)) if value.isdigit() else "1"
+
+
 class PullAccess:
     def __init__(self, client: RegistryClient, remember_seconds: float, metrics: Metrics) -> None:
         self.client = client
-        self.remember_seconds = remember_seconds
         self.metrics = metrics
-        self._allowed: dict[str, float] = {}
+        self._allowed: TTLCache[str, bool] | None = (
+            TTLCache(MAX_REMEMBERED, remember_seconds) if remember_seconds > 0 else None
+        )
 
-    async def refusal(self, repository: str, subject: str, auth: str | None) -> Answer | None:
-        """The upstream's refusal to relay, or None when the caller may pull `repository`."""
+    async def may_pull(self, repository: str, subject: str, auth: str | None) -> bool:
+        """True when the caller may pull `repository`; False when the repository does not exist
+        for the caller (nothing to list). Raises PullRefused to relay a 401/403, and OCIError
+        429/503 when the upstream did not prove either way."""
         key = _key(auth, repository)
-        now = time.monotonic()
-        hit = self._allowed.get(key, 0.0) > now
+        hit = self._allowed is not None and key in self._allowed
         self.metrics.cache_lookup("auth", hit)
         if hit:
-            return None
-        answer = await self.client.call(
-            "HEAD",
-            f"/v2/{repository}/manifests/{subject}",
-            auth=auth,
-            headers={"Accept": ACCEPT_MANIFESTS},
+            return True
+        path = f"/v2/{repository}/manifests/{subject}"
+        headers: dict[str, str] = {hdrs.ACCEPT: ACCEPT_MANIFESTS}
+        try:
+            answer = await self.client.call("HEAD", path, auth=auth, headers=headers)
+            if answer.status == 404:
+                answer = await self.client.call("GET", path, auth=auth, headers=headers)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            log.warning("pull check %s: upstream unreachable (%r): refused", repository, exc)
+            self.metrics.pull_check("unavailable")
+            raise _unproven(repository, "the registry did not answer") from exc
+        return self._judge(repository, key, answer)
+
+    def _judge(self, repository: str, key: str, answer: Answer) -> bool:
+        status = answer.status
+        codes = error_codes(answer.body) if status == 404 else set()
+        if status == 200 or "MANIFEST_UNKNOWN" in codes:
+            self.metrics.pull_check("allowed")
+            if self._allowed is not None:
+                self._allowed[key] = True
+            return True
+        if "NAME_UNKNOWN" in codes:
+            self.metrics.pull_check("unknown_repository")
+            return False
+        if status in (401, 403):
+            self.metrics.pull_check("refused")
+            raise PullRefused(answer)
+        if status == 429:
+            self.metrics.pull_check("rate_limited")
+            log.info("pull check %s: upstream rate-limited the caller", repository)
+            raise OCIError(
+                429,
+                "TOOMANYREQUESTS",
+                "registry rate limit while checking pull permission",
+                headers={hdrs.RETRY_AFTER: retry_after(answer)},
+            )
+        self.metrics.pull_check("unavailable")
+        log.warning(
+            "pull check %s: upstream answered %d %s, which proves nothing: refused",
+            repository,
+            status,
+            sorted(codes) if codes else "",
         )
-        if answer.status in (401, 403):
-            self._allowed.pop(key, None)
-            return answer
-        if self.remember_seconds > 0:
-            if len(self._allowed) >= MAX_REMEMBERED:
-                self._allowed = {k: t for k, t in self._allowed.items() if t > now}
-            self._allowed[key] = now + self.remember_seconds
-        return None
+        raise _unproven(repository, f"the registry answered {status}", retry_after(answer))
+
+
+def _unproven(repository: str, why: str, retry: str = "1") -> OCIError:
+    return OCIError(
+        503,
+        "UNAVAILABLE",
+        f"pull permission for {repository} could not be confirmed ({why}); retry",
+        headers={hdrs.RETRY_AFTER: retry},
+    )

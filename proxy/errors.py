@@ -26,12 +26,20 @@ INTERNAL_ERROR = "internal proxy error"
 
 
 class OCIError(Exception):
-    def __init__(self, status: int, code: str, message: str, detail: Any = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        detail: Any = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
         self.detail = detail
+        self.headers = headers
 
 
 class StreamAborted(Exception):
@@ -69,7 +77,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         log.info(
             "%s %s -> %d %s: %s", request.method, request.path, exc.status, exc.code, exc.message
         )
-        return error_response(exc.status, exc.code, exc.message, exc.detail)
+        return error_response(exc.status, exc.code, exc.message, exc.detail, exc.headers)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise

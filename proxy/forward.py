@@ -14,6 +14,7 @@ from proxy.config import MiB
 from proxy.errors import OCIError, StreamAborted
 from proxy.headers import client_response_headers, upstream_request_headers
 from proxy.metrics import FROM_UPSTREAM, TO_UPSTREAM, Metrics
+from proxy.paths import upstream_url
 from proxy.registry_client import Answer, read_capped
 
 log = logging.getLogger(__name__)
@@ -61,7 +62,7 @@ class Forwarder:
         try:
             async with self.session.request(
                 request.method,
-                URL(f"{self.upstream}{request.raw_path}", encoded=True),
+                upstream_url(self.upstream, request.raw_path),
                 headers=headers,
                 data=data,
                 allow_redirects=False,

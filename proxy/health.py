@@ -15,6 +15,7 @@ import aiohttp
 from yarl import URL
 
 from proxy.index import IndexStore, IndexUnavailable
+from proxy.paths import upstream_url
 
 OK = "ok"
 
@@ -60,7 +61,7 @@ class Readiness:
         try:
             async with asyncio.timeout(self.timeout):
                 async with self.session.get(
-                    URL(f"{self.upstream}/v2/", encoded=True), allow_redirects=False
+                    upstream_url(self.upstream, "/v2/"), allow_redirects=False
                 ) as response:
                     await response.read()
         except (aiohttp.ClientError, TimeoutError) as exc:

@@ -97,6 +97,7 @@ class Metrics:
     referrers_responses: Counter
     referrers_descriptors: Counter
     cache_lookups: Counter
+    pull_checks: Counter
 
     @classmethod
     def create(cls) -> Metrics:
@@ -158,6 +159,11 @@ class Metrics:
                 "Cache lookups: auth (pull permission) and tag_schema (revalidation), by result",
                 ("cache", "result"),
             ),
+            pull_checks=counter(
+                "pull_checks",
+                "Pull-permission checks asked of the upstream, by outcome",
+                ("result",),
+            ),
         )
         for cache in ("auth", "tag_schema"):
             for result in ("hit", "miss"):
@@ -218,3 +224,7 @@ class Metrics:
 
     def cache_lookup(self, cache: str, hit: bool) -> None:
         self.cache_lookups.labels(cache, "hit" if hit else "miss").inc()
+
+    def pull_check(self, result: str) -> None:
+        """`allowed`, `unknown_repository`, `refused`, `rate_limited` or `unavailable`."""
+        self.pull_checks.labels(result).inc()

@@ -9,7 +9,7 @@ import aiohttp
 import orjson
 from aiohttp import web
 
-from proxy.access import PullAccess
+from proxy.access import PullAccess, PullRefused
 from proxy.config import FallbackMode
 from proxy.errors import OCIError
 from proxy.fallback import FallbackTags
@@ -18,7 +18,7 @@ from proxy.headers import client_response_headers
 from proxy.index import IndexStore, IndexUnavailable, Page
 from proxy.manifest import IMAGE_INDEX, ManifestInvalid, digest_algorithm, inspect_manifest
 from proxy.metrics import Metrics
-from proxy.names import is_digest
+from proxy.names import is_digest, is_repository_name, stored_digest_error
 from proxy.referrers import CURSOR_PARAM, CursorInvalid, decode_cursor, next_link, render_index
 from proxy.registry_client import Answer, read_capped
 from proxy.upstream import describe_native, native_from_answer
@@ -32,6 +32,15 @@ def _confirmed_digest(answer: Answer, ours: str) -> None:
     if theirs and theirs.partition(":")[0] == ours.partition(":")[0] and theirs != ours:
         log.error("upstream stored digest %s but the proxy hashed %s: not recorded", theirs, ours)
         raise OCIError(502, "UNAVAILABLE", "upstream digest differs from the pushed bytes")
+
+
+def _index_answer(page: Page, name: str, subject: str, artifact_types: list[str]) -> web.Response:
+    headers = {"Content-Type": IMAGE_INDEX}
+    if artifact_types:
+        headers["OCI-Filters-Applied"] = "artifactType"
+    if page.next_after is not None:
+        headers["Link"] = next_link(name, subject, artifact_types, page.next_after)
+    return web.Response(body=render_index(page.descriptors), headers=headers)
 
 
 class ReferrersApi:
@@ -133,15 +142,25 @@ class ReferrersApi:
         return found.subject if found is not None else None
 
     async def get_referrers(self, request: web.Request) -> web.StreamResponse:
+        """Every way to an answer (the index, the tag-schema read while the index is down, a
+        native upstream's answer merged with the index, an upstream not yet known) passes the
+        one pull check first."""
         name, subject = request.match_info["name"], request.match_info["digest"]
+        if not is_repository_name(name) or stored_digest_error(subject):
+            raise OCIError(400, "NAME_INVALID", "invalid repository name or digest")
         artifact_types = list(
             dict.fromkeys(t for t in request.query.getall("artifactType", []) if t)
         )
+        try:
+            visible = await self.access.may_pull(
+                name, subject, request.headers.get("Authorization")
+            )
+        except PullRefused as refused:
+            return self.forwarder.reply(request, refused.answer)
+        if not visible:
+            return _index_answer(Page([], None), name, subject, artifact_types)
         if self.upstream_native is not False:
             return await self._from_upstream(request, name, subject, artifact_types)
-        refusal = await self.access.refusal(name, subject, request.headers.get("Authorization"))
-        if refusal is not None:
-            return self.forwarder.reply(request, refusal)
         return await self._from_index(request, name, subject, artifact_types)
 
     async def _from_index(
@@ -168,12 +187,7 @@ class ReferrersApi:
             self.metrics.served("tag_schema", len(page.descriptors))
         else:
             self.metrics.served("index", len(page.descriptors))
-        headers = {"Content-Type": IMAGE_INDEX}
-        if artifact_types:
-            headers["OCI-Filters-Applied"] = "artifactType"
-        if page.next_after is not None:
-            headers["Link"] = next_link(name, subject, artifact_types, page.next_after)
-        return web.Response(body=render_index(page.descriptors), headers=headers)
+        return _index_answer(page, name, subject, artifact_types)
 
     async def _from_upstream(
         self, request: web.Request, name: str, subject: str, artifact_types: list[str]

@@ -11,6 +11,7 @@ from yarl import URL
 
 from proxy.errors import OCIError
 from proxy.manifest import IMAGE_INDEX, IMAGE_MANIFEST, compute_digest
+from proxy.paths import upstream_url
 
 ACCEPT_MANIFESTS = ", ".join(
     [
@@ -68,7 +69,7 @@ class RegistryClient:
             sent["Authorization"] = auth
         async with self.session.request(
             method,
-            URL(f"{self.upstream}{path}", encoded=True),
+            upstream_url(self.upstream, path),
             headers=sent,
             data=data,
             allow_redirects=False,

@@ -10,6 +10,7 @@ from yarl import URL
 
 from proxy.config import Settings
 from proxy.manifest import IMAGE_INDEX
+from proxy.paths import upstream_url
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +68,7 @@ async def probe_native_referrers(session: aiohttp.ClientSession, upstream: URL) 
     """
     try:
         async with session.get(
-            URL(f"{upstream}{NATIVE_PROBE_PATH}", encoded=True),
+            upstream_url(upstream, NATIVE_PROBE_PATH),
             headers={"Accept": IMAGE_INDEX},
             allow_redirects=False,
         ) as response:

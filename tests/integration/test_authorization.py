@@ -15,6 +15,7 @@ import pytest
 from aiohttp.test_utils import TestServer
 
 from tests.conftest import AUTH_PASSWORD, AUTH_USER, StartProxy
+from tests.harness.fault_relay import Canned, running_relay
 from tests.harness.processes import (
     Registry,
     TokenAuth,
@@ -222,3 +223,47 @@ async def test_basic_auth_referrers_need_valid_credentials(
             assert refused.status == 401
             assert refused.headers["WWW-Authenticate"] == direct_challenge
             assert b"manifests" not in await refused.read()
+
+
+async def test_token_auth_fails_closed_while_the_registry_is_overloaded(
+    http: aiohttp.ClientSession,
+    start_proxy: StartProxy,
+    token_setup: tuple[Registry, Path, int],
+    tokens: TokenService,
+    repo: str,
+) -> None:
+    """A 503 or 429 to the pull check is no permission, and is not remembered: a stranger's
+    token reads nothing during the outage, and is refused by the registry after it."""
+    registry, _, port = token_setup
+    tokens.policy.update(
+        {
+            "writer": {repo: {"pull", "push"}},
+            "reader": {repo: {"pull"}},
+            "stranger": {f"{repo}-other": {"pull"}},
+        }
+    )
+    realm = f"http://127.0.0.1:{port}/token"
+    image, referrer, _ = await writer_pushes_referrer(
+        http, await start_proxy(registry.url), realm, repo
+    )
+    challenge = f'Bearer realm="{realm}",service="{SERVICE}",scope="repository:{repo}:pull"'
+    _, reader_token = await get_token(http, challenge, "reader", PASSWORDS["reader"])
+    other = challenge.replace(f"repository:{repo}:pull", f"repository:{repo}-other:pull")
+    _, stranger_token = await get_token(http, other, "stranger", PASSWORDS["stranger"])
+    async with running_relay(registry.url) as (relay, url):
+        proxy = await start_proxy(url)
+        target = f"{proxy}/v2/{repo}/referrers/{sha256(image)}"
+        check = f"/manifests/{sha256(image)}"
+        for canned in (Canned(503, b""), Canned(429, b"", {"Retry-After": "2"}), Canned(500)):
+            relay.answer(lambda r: r.path.endswith(check), canned)
+            for token in (None, stranger_token, reader_token):
+                async with http.get(target, headers=bearer(token)) as answer:
+                    assert answer.status == (429 if canned.status == 429 else 503)
+                    assert sha256(referrer).encode() not in await answer.read()
+            relay.clear()
+        async with http.get(target, headers=bearer(stranger_token)) as stranger:
+            assert stranger.status == 401
+            assert sha256(referrer).encode() not in await stranger.read()
+        async with http.get(target, headers=bearer(reader_token)) as reader:
+            assert reader.status == 200
+            assert sha256(referrer).encode() in await reader.read()

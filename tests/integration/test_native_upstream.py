@@ -24,23 +24,36 @@ from tests.oci import INDEX, MANIFEST, artifact_manifest, push_manifest, sha256
 SUBJECT = b'{"schemaVersion":2}'
 OLD = "application/vnd.example.old"
 NEW = "application/vnd.example.new"
+AUTH = {"Authorization": "Bearer ok"}
 
 
 @dataclass
 class UpgradableRegistry:
     """Stores manifests; answers /referrers only once `native`, for manifests pushed since.
-    Like most real registries it challenges anonymous callers, so the start-up probe cannot tell."""
+    Like most real registries it challenges anonymous readers (so the start-up probe cannot
+    tell), and like Distribution it authenticates before it looks a manifest up."""
 
     native: bool = False
     listed: list[dict[str, object]] = field(default_factory=list)
+    stored: dict[str, bytes] = field(default_factory=dict)
     referrers_queries: int = 0
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         if request.path == "/v2/":
             return web.json_response({})
+        authorized = request.headers.get("Authorization") == "Bearer ok"
+        if request.method in ("GET", "HEAD") and "/manifests/" in request.path:
+            if not authorized:
+                raise web.HTTPUnauthorized(headers={"WWW-Authenticate": 'Bearer realm="x"'})
+            found = self.stored.get(request.path)
+            if found is None:
+                unknown = {"errors": [{"code": "MANIFEST_UNKNOWN", "message": "unknown"}]}
+                return web.json_response(unknown, status=404)
+            return web.Response(body=found, content_type="application/json")
         if request.method == "PUT" and "/manifests/" in request.path:
             body = await request.read()
             digest = "sha256:" + hashlib.sha256(body).hexdigest()
+            self.stored[request.path] = body
             document = orjson.loads(body)
             headers = {"Docker-Content-Digest": digest}
             if self.native and "subject" in document:
@@ -56,7 +69,7 @@ class UpgradableRegistry:
             return web.Response(status=201, headers=headers)
         if "/referrers/" in request.path:
             self.referrers_queries += 1
-            if request.headers.get("Authorization") != "Bearer ok":
+            if not authorized:
                 raise web.HTTPUnauthorized(headers={"WWW-Authenticate": 'Bearer realm="x"'})
             if not self.native:
                 return web.Response(status=404, text="404 page not found")
@@ -88,13 +101,14 @@ async def test_after_an_upgrade_the_upstream_answer_is_merged_with_the_index(
     await client.aclose()
     before = await start_proxy(url, redis_url=redis_server.url)
     old = artifact_manifest(SUBJECT, artifact_type=OLD)
-    assert (await push_manifest(http, before, "app", old)).headers["OCI-Subject"] == sha256(SUBJECT)
+    pushed = await push_manifest(http, before, "app", old, headers=AUTH)
+    assert pushed.headers["OCI-Subject"] == sha256(SUBJECT)
 
     registry.native = True
     after = await start_proxy(url, redis_url=redis_server.url)
     new = artifact_manifest(SUBJECT, artifact_type=NEW)
-    assert (await push_manifest(http, after, "app", new)).status == 201
-    auth = {"Authorization": "Bearer ok"}
+    assert (await push_manifest(http, after, "app", new, headers=AUTH)).status == 201
+    auth = AUTH
     async with http.get(f"{after}/v2/app/referrers/{sha256(SUBJECT)}", headers=auth) as answer:
         assert answer.headers["Content-Type"] == INDEX
         listed = [d["digest"] for d in orjson.loads(await answer.read())["manifests"]]
@@ -126,11 +140,9 @@ async def test_an_authorized_404_settles_that_the_upstream_has_no_api(
     proxy = await start_proxy(url)
     assert registry.referrers_queries == 1, "the start-up probe"
     referrer = artifact_manifest(SUBJECT, artifact_type=OLD)
-    assert (await push_manifest(http, proxy, "app", referrer)).status == 201
+    assert (await push_manifest(http, proxy, "app", referrer, headers=AUTH)).status == 201
     for _ in range(2):
-        async with http.get(
-            f"{proxy}/v2/app/referrers/{sha256(SUBJECT)}", headers={"Authorization": "Bearer ok"}
-        ) as answer:
+        async with http.get(f"{proxy}/v2/app/referrers/{sha256(SUBJECT)}", headers=AUTH) as answer:
             assert answer.status == 200
             listed = [d["digest"] for d in orjson.loads(await answer.read())["manifests"]]
         assert listed == [sha256(referrer)]

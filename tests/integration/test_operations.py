@@ -262,7 +262,8 @@ async def test_request_ids_reach_the_upstream_and_come_back(
         seen.append((f"{request.method} {request.path}", request.headers.get("X-Request-ID")))
         if request.path == "/v2/":
             return web.json_response({})
-        return web.Response(status=404)
+        unknown = {"errors": [{"code": "MANIFEST_UNKNOWN", "message": "manifest unknown"}]}
+        return web.json_response(unknown, status=404)
 
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", upstream)

@@ -1,8 +1,9 @@
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from yarl import URL
 
-from proxy.paths import MAX_TARGET, path_problem, target_problem
+from proxy.paths import MAX_TARGET, path_problem, target_problem, upstream_url
 
 SHA = "sha256:" + "a" * 64
 
@@ -38,3 +39,61 @@ def test_any_path_gets_none_or_a_400(tail: str) -> None:
     for kind in ("blobs/", "manifests/", "referrers/", ""):
         error = path_problem(f"/v2/{tail}/{kind}{tail}")
         assert error is None or (error.status == 400 and error.code.isupper())
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        "pany://x/v2/a/manifests/v1",
+        "http://evil.example:1/v2/a/referrers/" + SHA,
+        "//evil.example/v2/",
+        "evil.example:443",
+        "*",
+        "/v2/a/referrers/" + SHA + "#frag",
+    ],
+)
+def test_only_origin_form_targets_are_served(target: str) -> None:
+    error = target_problem(target)
+    assert error is not None
+    assert (error.status, error.code) == (400, "UNSUPPORTED")
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/v2/a/referr%65rs/-x",
+        "/%762/a/referrers/" + SHA,
+        "/v2/a/referrers/sha256%3A" + "a" * 64,
+        "/v2/a%2Fb/tags/list",
+        "/v2/a/./referrers/" + SHA,
+        "/v2/a/b/../referrers/" + SHA,
+        "/x/../v2/a/referrers/" + SHA,
+        "/healthz%20",
+    ],
+)
+def test_the_path_validated_is_the_path_routed(path: str) -> None:
+    """aiohttp decodes `%XX` and yarl drops dot segments before routing: such paths are
+    refused, so nothing is validated as one string and routed as another."""
+    error = target_problem(path)
+    assert error is not None
+    assert error.status == 400
+
+
+def test_the_upstream_url_keeps_the_configured_origin() -> None:
+    """Concatenating `f"{upstream}{raw_path}"` sent `pany://x/...` to registry.acme.company."""
+    origin = URL("https://registry.acme.com")
+    assert str(upstream_url(origin, "/v2/a/manifests/v1?x=%2B")) == (
+        "https://registry.acme.com/v2/a/manifests/v1?x=%2B"
+    )
+    for hostile in ("pany://x/v2/", "//registry.acme.company/v2/", "@evil/v2/", "http://x/v2/"):
+        with pytest.raises(ValueError, match="origin-form"):
+            upstream_url(origin, hostile)
+
+
+@given(st.text(alphabet=st.characters(min_codepoint=33, max_codepoint=126), max_size=80))
+def test_any_accepted_target_goes_to_the_configured_origin(target: str) -> None:
+    origin = URL("http://[::1]:5000")
+    if target_problem(target) is None:
+        url = upstream_url(origin, target)
+        assert (url.scheme, url.host, url.port) == ("http", "::1", 5000)
+        assert url.raw_path_qs == target
