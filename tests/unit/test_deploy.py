@@ -2,14 +2,13 @@
 
 Plain manifests are validated against the Kubernetes API schemas (kubernetes-validate), the
 chart's values against values.schema.json, every YAML file with yamllint. The chart's templates
-are rendered only where a `helm` binary is on PATH; without one those tests skip.
+are linted and rendered by Helm's own engine in test_chart.py.
 """
 
 from __future__ import annotations
 
 import copy
 import json
-import shutil
 import subprocess
 import sys
 import threading
@@ -32,8 +31,6 @@ MANIFESTS = DEPLOY / "kubernetes"
 CHART = ROOT / "helm"
 KUBERNETES_VERSION = "1.30"
 PROXY_CONTAINER = "referrers-proxy"
-HELM = shutil.which("helm")
-needs_helm = pytest.mark.skipif(HELM is None, reason="no helm binary on PATH: templates unrendered")
 
 Doc = dict[str, Any]
 
@@ -277,65 +274,6 @@ def test_chart_probes_and_scrapes_the_proxy_endpoints() -> None:
     assert "path: /healthz" in proxy.split("readinessProbe:")[0].split("livenessProbe:")[1]
     assert "path: /readyz" in proxy.split("readinessProbe:")[1]
     assert "path: /metrics" in (CHART / "templates" / "servicemonitor.yaml").read_text()
-
-
-# --- Helm rendering (only with a helm binary) ----------------------------------------------------
-
-
-def helm(*args: str) -> subprocess.CompletedProcess[str]:
-    assert HELM is not None
-    return subprocess.run([HELM, *args], capture_output=True, text=True, timeout=120)
-
-
-def value_files() -> list[Path | None]:
-    return [None, *CI_VALUES]
-
-
-def file_args(path: Path | None) -> list[str]:
-    return [] if path is None else ["-f", str(path)]
-
-
-@needs_helm
-@pytest.mark.parametrize("path", value_files(), ids=lambda path: path.name if path else "default")
-def test_helm_lint(path: Path | None) -> None:
-    result = helm("lint", "--strict", str(CHART), *file_args(path))
-    assert result.returncode == 0, result.stdout + result.stderr
-
-
-@needs_helm
-@pytest.mark.parametrize("path", value_files(), ids=lambda path: path.name if path else "default")
-def test_helm_template_matches_the_kubernetes_api(path: Path | None) -> None:
-    result = helm("template", "demo", str(CHART), "--namespace", "registry", *file_args(path))
-    assert result.returncode == 0, result.stderr
-    docs = [doc for doc in yaml.safe_load_all(result.stdout) if doc]
-    for doc in docs:
-        if doc["apiVersion"].startswith("monitoring.coreos.com/"):
-            continue  # a CRD of the Prometheus Operator: no schema in kubernetes-validate
-        assert_valid(doc)
-    for spec in pod_specs(docs):
-        check_pod(spec)
-
-
-@needs_helm
-@pytest.mark.parametrize(
-    ("override", "message"),
-    [
-        ({"replicaCount": 2}, "more than one replica needs Redis"),
-        ({"mode": "standalone"}, "mode standalone needs upstream"),
-        ({"upstream": "http://elsewhere:5000"}, "leave upstream empty"),
-    ],
-    ids=json.dumps,
-)
-def test_helm_template_fails_on_bad_values(override: Doc, message: str, tmp_path: Path) -> None:
-    """The templates' own checks, without the schema that would catch these first."""
-    chart = tmp_path / "chart"
-    shutil.copytree(CHART, chart)
-    (chart / "values.schema.json").unlink()
-    values = tmp_path / "values.yaml"
-    values.write_text(yaml.safe_dump(override))
-    result = helm("template", "demo", str(chart), "-f", str(values))
-    assert result.returncode != 0
-    assert message in result.stderr
 
 
 # --- the image -----------------------------------------------------------------------------------
