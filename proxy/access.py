@@ -21,26 +21,36 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 
 import aiohttp
 import orjson
 from aiohttp import hdrs
 from cachetools import TTLCache
+from multidict import CIMultiDict, CIMultiDictProxy
 
-from proxy.errors import OCIError
+from proxy.errors import OCIError, error_body
 from proxy.metrics import Metrics
 from proxy.registry_client import ACCEPT_MANIFESTS, Answer, RegistryClient
 
 log = logging.getLogger(__name__)
 MAX_REMEMBERED = 100_000
 _MAX_RETRY_AFTER = 300  # seconds; an upstream's longer hint is capped, a missing one is 1
+_SECONDS = re.compile(r"[0-9]{1,6}")
 
 
 class PullRefused(Exception):
-    """The upstream refused the caller (401/403): its answer is what the client gets."""
+    """The upstream refused the caller (401/403): its answer, challenge included, is what the
+    client gets; the body of a HEAD's answer (none) becomes an OCI error body."""
 
     def __init__(self, answer: Answer) -> None:
         super().__init__(answer.status)
+        if not answer.body:
+            code = "UNAUTHORIZED" if answer.status == 401 else "DENIED"
+            headers = CIMultiDict(answer.headers)
+            headers[hdrs.CONTENT_TYPE] = "application/json"
+            body = error_body(code, "the registry refused this caller")
+            answer = Answer(answer.status, CIMultiDictProxy(headers), body)
         self.answer = answer
 
 
@@ -59,9 +69,17 @@ def error_codes(body: bytes) -> set[str]:
         return set()
 
 
+def proves_absent(answer: Answer) -> bool:
+    """A 404 that the registry's manifest handler gave, after authorizing the caller: not the
+    router's (or an ingress's) 404, which says nothing about the manifest or the caller."""
+    return answer.status == 404 and "MANIFEST_UNKNOWN" in error_codes(answer.body)
+
+
 def retry_after(answer: Answer) -> str:
     value = answer.headers.get(hdrs.RETRY_AFTER, "")
-    return str(min(int(value), _MAX_RETRY_AFTER)) if value.isdigit() else "1"
+    if not _SECONDS.fullmatch(value):
+        return "1"
+    return str(min(int(value), _MAX_RETRY_AFTER))
 
 
 class PullAccess:
@@ -87,8 +105,8 @@ class PullAccess:
             answer = await self.client.call("HEAD", path, auth=auth, headers=headers)
             if answer.status == 404:
                 answer = await self.client.call("GET", path, auth=auth, headers=headers)
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            log.warning("pull check %s: upstream unreachable (%r): refused", repository, exc)
+        except (aiohttp.ClientError, TimeoutError, OCIError) as exc:
+            log.warning("pull check %s: no usable answer (%r): refused", repository, exc)
             self.metrics.pull_check("unavailable")
             raise _unproven(repository, "the registry did not answer") from exc
         return self._judge(repository, key, answer)
@@ -96,7 +114,7 @@ class PullAccess:
     def _judge(self, repository: str, key: str, answer: Answer) -> bool:
         status = answer.status
         codes = error_codes(answer.body) if status == 404 else set()
-        if status == 200 or "MANIFEST_UNKNOWN" in codes:
+        if status == 200 or proves_absent(answer):
             self.metrics.pull_check("allowed")
             if self._allowed is not None:
                 self._allowed[key] = True

@@ -12,7 +12,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from proxy.access import PullAccess
 from proxy.config import Settings
-from proxy.errors import Handler, error_middleware
+from proxy.errors import Handler, OCIError, error_middleware
 from proxy.fallback import FallbackTags
 from proxy.forward import Forwarder
 from proxy.health import Readiness
@@ -37,10 +37,15 @@ READINESS = web.AppKey("readiness", Readiness)
 
 @web.middleware
 async def path_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Bad names, digests and tags never reach the upstream (see paths.py)."""
+    """Bad targets, names, digests and tags never reach the upstream (see paths.py), nor a Host
+    header that no URL can be made of (answers rewrite Location and Link to it)."""
     problem = target_problem(request.raw_path)
     if problem is not None:
         raise problem
+    try:
+        request.url.origin()
+    except ValueError as exc:
+        raise OCIError(400, "UNSUPPORTED", "invalid Host header") from exc
     return await handler(request)
 
 

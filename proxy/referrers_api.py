@@ -9,7 +9,7 @@ import aiohttp
 import orjson
 from aiohttp import web
 
-from proxy.access import PullAccess, PullRefused
+from proxy.access import PullAccess, PullRefused, proves_absent
 from proxy.config import FallbackMode
 from proxy.errors import OCIError
 from proxy.fallback import FallbackTags
@@ -102,7 +102,8 @@ class ReferrersApi:
         auth = request.headers.get("Authorization")
         subject = await self._subject_of(name, reference, auth)
         answer = await self.forwarder.exchange(request, self.max_manifest_bytes)
-        # 404: already gone upstream (perhaps an earlier attempt whose index update failed).
+        # A MANIFEST_UNKNOWN 404: already gone upstream (perhaps an earlier attempt whose index
+        # update failed). Any other 404 (a router's, an ingress's) proves nothing.
         deleted = answer.status == 202
         if answer.status >= 500 and await self._gone(name, reference, auth):
             # Distribution 2.8 deletes the manifest, then scans every tag's link to untag it,
@@ -115,7 +116,7 @@ class ReferrersApi:
                 answer.status,
             )
             deleted = True
-        if deleted or answer.status == 404:
+        if deleted or proves_absent(answer):
             await self.index.remove(name, reference)
         if deleted and subject is not None:
             await self.fallback.forget(name, subject, reference, auth)
@@ -124,9 +125,9 @@ class ReferrersApi:
     async def _gone(self, name: str, digest: str, auth: str | None) -> bool:
         try:
             answer = await self.fallback.client.get_manifest(name, digest, auth)
-        except (aiohttp.ClientError, TimeoutError):
+        except (aiohttp.ClientError, TimeoutError, OCIError):
             return False
-        return answer.status == 404
+        return proves_absent(answer)
 
     async def _subject_of(self, name: str, digest: str, auth: str | None) -> str | None:
         """Which tag-schema index lists the manifest about to be deleted, read before it goes."""

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Collection
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 
 import redis.asyncio as aioredis
+from redis.asyncio.lock import Lock
 from redis.exceptions import RedisError
 
 from proxy.index import keys
@@ -15,7 +17,10 @@ from proxy.manifest import Referrer
 
 log = logging.getLogger(__name__)
 POOL_WAIT_SECONDS = 10.0
-LOCK_SECONDS = 10.0  # outlives any tag write; bounds how long a crashed holder blocks
+# A held lock is renewed every third of this while its holder lives, so a slow upstream call
+# cannot outlast it; it bounds how long a crashed holder blocks the subject.
+LOCK_SECONDS = 10.0
+LOCK_WAIT_SECONDS = 10.0  # a writer waiting longer answers 503, and its client retries
 
 
 @asynccontextmanager
@@ -79,6 +84,18 @@ for first = 1, count, 500 do
 end
 return reply
 """
+
+
+async def _renew(lock: Lock) -> None:
+    """Reset the lock's expiry every third of its life; stop at the first failure (the release
+    then reports it)."""
+    while True:
+        await asyncio.sleep(LOCK_SECONDS / 3)
+        try:
+            await lock.reacquire()
+        except (RedisError, OSError) as exc:
+            log.error("redis index: lock %s not renewed: %r", lock.name, exc)
+            return
 
 
 class RedisIndex:
@@ -167,20 +184,25 @@ class RedisIndex:
 
     @asynccontextmanager
     async def subject_lock(self, repository: str, subject: str) -> AsyncIterator[None]:
-        """redis-py's lock: a token set with NX and an expiry, released only by its owner, so a
-        crashed holder blocks the subject for at most LOCK_SECONDS."""
+        """redis-py's lock (a token set with NX and an expiry, released only by its owner),
+        renewed in the background while held: it expires only when its holder is gone or cut
+        off from Redis longer than LOCK_SECONDS, and then releasing it fails loudly (503)."""
         lock = self._redis.lock(
             keys.subject_lock(repository, subject),
             timeout=LOCK_SECONDS,
-            blocking_timeout=LOCK_SECONDS,
+            blocking_timeout=LOCK_WAIT_SECONDS,
             sleep=0.01,
         )
         async with _guard("lock"):
             if not await lock.acquire():
-                raise IndexUnavailable(f"{repository} {subject} stayed locked {LOCK_SECONDS} s")
+                raise IndexUnavailable(f"{repository} {subject} stayed locked")
+        renewal = asyncio.create_task(_renew(lock))
         try:
             yield
         finally:
+            renewal.cancel()
+            with suppress(asyncio.CancelledError):
+                await renewal
             async with _guard("unlock"):
                 await lock.release()
 

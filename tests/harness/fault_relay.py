@@ -7,6 +7,7 @@ real registry byte for byte.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -32,19 +33,28 @@ Rule = tuple[Callable[[web.Request], bool], Canned]
 class FaultRelay:
     target: str
     rules: list[Rule] = field(default_factory=list)
+    delays: list[tuple[Callable[[web.Request], bool], float]] = field(default_factory=list)
     seen: list[str] = field(default_factory=list)
 
     def answer(self, matches: Callable[[web.Request], bool], canned: Canned) -> None:
         self.rules.append((matches, canned))
 
+    def delay(self, matches: Callable[[web.Request], bool], seconds: float) -> None:
+        """Pass matching requests on only after `seconds`, like a registry under load."""
+        self.delays.append((matches, seconds))
+
     def clear(self) -> None:
         self.rules.clear()
+        self.delays.clear()
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         self.seen.append(f"{request.method} {request.raw_path}")
         for matches, canned in self.rules:
             if matches(request):
                 return web.Response(status=canned.status, body=canned.body, headers=canned.headers)
+        for matches, seconds in self.delays:
+            if matches(request):
+                await asyncio.sleep(seconds)
         headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP}
         body = await request.read()
         async with (

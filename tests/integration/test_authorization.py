@@ -170,8 +170,12 @@ async def test_token_auth_matrix(
         listed = [d["digest"] for d in orjson.loads(await reader.read())["manifests"]]
     assert listed == [sha256(referrer)]
 
+    own = url.replace(f"/v2/{repo}/", f"/v2/{repo}-other/")
+    async with http.get(own, headers=bearer(stranger_token)) as granted:
+        assert granted.status == 200, "the stranger may read their own repository"
     async with http.get(url, headers=bearer(stranger_token)) as again:
-        assert again.status == 401, "one caller's permission is never another's"
+        assert again.status == 401, "a grant for one repository opens no other"
+        assert sha256(referrer).encode() not in await again.read()
 
     sneaky = artifact_manifest(image, annotations={"by": "reader"})
     refused = await push_manifest_with(http, proxy, repo, sneaky, reader_token)

@@ -171,9 +171,6 @@ async def test_no_answer_but_a_proof_shows_a_referrer_on_any_path(
                 Canned(200, native_answer, {"Content-Type": INDEX}),
             )
         target = f"{path.proxy}/v2/{attached.repo}/referrers/{attached.subject}"
-        status, body, _ = await get(http, target, ALICE)
-        assert status == 200, f"{path.name}: control, alice may pull"
-        assert leaked(body, attached), f"{path.name}: control, alice sees the referrer"
         for canned in UNPROVEN:
             fault.answer(check_of(attached.subject), canned)
             for caller in STRANGERS:
@@ -194,7 +191,13 @@ async def test_no_answer_but_a_proof_shows_a_referrer_on_any_path(
             status, body, headers = await get(http, target, caller)
             assert status == 401, f"{path.name}: nothing unproven was remembered"
             assert headers["WWW-Authenticate"] == 'Basic realm="test-realm"'
+            assert orjson.loads(body)["errors"][0]["code"] == "UNAUTHORIZED"
             assert not leaked(body, attached)
+        # The control comes last: a permitted request settles a native-unknown upstream, and
+        # every stranger above must have met that path as it was.
+        status, body, _ = await get(http, target, ALICE)
+        assert status == 200, f"{path.name}: control, alice may pull"
+        assert leaked(body, attached), f"{path.name}: control, alice sees the referrer"
         fault.clear()
 
 
@@ -363,3 +366,43 @@ async def test_reads_of_a_refused_caller_leave_no_grant_in_redis(
         assert {key async for key in client.scan_iter("*")} == before
     finally:
         await client.aclose()
+
+
+async def test_a_404_nobody_authorized_deletes_nothing_from_the_index(
+    http: aiohttp.ClientSession,
+    start_proxy: StartProxy,
+    relay: tuple[FaultRelay, str],
+    redis_server: Redis,
+    attached: Attached,
+) -> None:
+    """A DELETE answered by a router or ingress 404 (or a 5xx, then such a 404 on the re-read)
+    is no proof the referrer is gone: the index keeps listing it."""
+    fault, url = relay
+    proxy = await start_proxy(url, redis_url=redis_server.url)
+    target = f"{proxy}/v2/{attached.repo}/manifests/{attached.referrer}"
+    listing = f"{proxy}/v2/{attached.repo}/referrers/{attached.subject}"
+    fault.answer(lambda r: r.method == "DELETE", ROUTER_404)
+    async with http.delete(target) as deleted:
+        assert deleted.status == 404
+    fault.clear()
+    fault.answer(lambda r: r.method == "DELETE", Canned(502, b"bad gateway"))
+    fault.answer(lambda r: r.method == "GET" and r.path == target.split(proxy)[1], ROUTER_404)
+    async with http.delete(target) as deleted:
+        assert deleted.status == 502
+    fault.clear()
+    status, body, _ = await get(http, listing, ALICE)
+    assert status == 200
+    assert leaked(body, attached), "still listed: the registry still has it"
+
+
+@pytest.mark.parametrize("host", ["evil.example:abc", ""])
+async def test_a_host_header_no_url_can_be_made_of_is_a_400(
+    start_proxy: StartProxy, auth_registry: Registry, host: str
+) -> None:
+    proxy = await start_proxy(auth_registry.url)
+    reader, writer = await asyncio.open_connection("127.0.0.1", int(proxy.rsplit(":", 1)[1]))
+    writer.write(f"GET /v2/ HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+    await writer.drain()
+    answer = await asyncio.wait_for(reader.read(), 10)
+    writer.close()
+    assert answer.startswith(b"HTTP/1.1 400 "), answer[:60]

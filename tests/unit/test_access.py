@@ -29,7 +29,7 @@ def answer(status: int, body: bytes = b"", headers: dict[str, str] | None = None
 class ScriptedUpstream:
     """Answers HEAD with `head` and GET with `get`; counts the calls."""
 
-    def __init__(self, head: Answer | Exception, get: Answer | None = None) -> None:
+    def __init__(self, head: Answer | Exception, get: Answer | Exception | None = None) -> None:
         self.head, self.get = head, get
         self.calls: list[str] = []
 
@@ -43,7 +43,7 @@ class ScriptedUpstream:
 
 
 def access(upstream: ScriptedUpstream, remember: float = 30.0) -> PullAccess:
-    return PullAccess(upstream, remember, Metrics.create())  # type: ignore[arg-type]
+    return PullAccess(upstream, remember, Metrics.create())
 
 
 async def outcome(check: PullAccess) -> tuple[str, int, dict[str, str] | None]:
@@ -112,7 +112,14 @@ async def test_an_upstream_fault_is_a_503(fault: Exception) -> None:
 
 
 @pytest.mark.parametrize(
-    ("given", "relayed"), [("7", "7"), ("100000", "300"), ("Wed, 21 Oct 2026 07:28:00 GMT", "1")]
+    ("given", "relayed"),
+    [
+        ("7", "7"),
+        ("100000", "300"),
+        ("Wed, 21 Oct 2026 07:28:00 GMT", "1"),
+        ("²", "1"),
+        ("9" * 5000, "1"),
+    ],
 )
 async def test_a_rate_limit_keeps_a_bounded_retry_after(given: str, relayed: str) -> None:
     upstream = ScriptedUpstream(answer(429, headers={"Retry-After": given}))
@@ -120,3 +127,19 @@ async def test_a_rate_limit_keeps_a_bounded_retry_after(given: str, relayed: str
         await access(upstream).may_pull(REPO, SUBJECT, None)
     assert raised.value.status == 429
     assert raised.value.headers == {"Retry-After": relayed}
+
+
+async def test_an_oversized_answer_is_a_503_not_a_502() -> None:
+    too_large = OCIError(502, "UNAVAILABLE", "upstream answer too large")
+    with pytest.raises(OCIError) as raised:
+        await access(ScriptedUpstream(answer(404), too_large)).may_pull(REPO, SUBJECT, None)
+    assert raised.value.status == 503
+
+
+async def test_a_refused_head_is_relayed_with_an_oci_body() -> None:
+    challenge = {"WWW-Authenticate": 'Basic realm="r"'}
+    with pytest.raises(PullRefused) as raised:
+        await access(ScriptedUpstream(answer(401, headers=challenge))).may_pull(REPO, SUBJECT, None)
+    relayed = raised.value.answer
+    assert relayed.headers["WWW-Authenticate"] == 'Basic realm="r"'
+    assert orjson.loads(relayed.body)["errors"][0]["code"] == "UNAUTHORIZED"

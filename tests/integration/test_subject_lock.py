@@ -1,0 +1,45 @@
+"""The Redis subject lock outlives its holder's slowest upstream call: two replicas never rewrite
+one tag-schema index at once, however slow the registry (timings scaled down: a lock of 0.4 s,
+a tag write the relay holds for 1.2 s)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import aiohttp
+import pytest
+
+from proxy.index import redis as redis_index
+from tests.conftest import StartProxy
+from tests.harness.fault_relay import running_relay
+from tests.harness.processes import Redis, Registry
+from tests.oci import artifact_manifest, push_manifest, push_subject_image, read_tag_index, sha256
+
+LOCK_SECONDS = 0.4
+SLOW_TAG_WRITE = 1.2
+
+
+async def test_two_replicas_never_write_the_tag_at_once(
+    http: aiohttp.ClientSession,
+    start_proxy: StartProxy,
+    registry: Registry,
+    redis_server: Redis,
+    repo: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(redis_index, "LOCK_SECONDS", LOCK_SECONDS)
+    subject = await push_subject_image(http, registry.url, repo)
+    tag = sha256(subject).replace(":", "-")
+    async with running_relay(registry.url) as (relay, url):
+        relay.delay(
+            lambda r: r.method == "PUT" and r.path.endswith(f"/manifests/{tag}"), SLOW_TAG_WRITE
+        )
+        first, second = [await start_proxy(url, redis_url=redis_server.url) for _ in range(2)]
+        referrers = [artifact_manifest(subject, annotations={"n": str(n)}) for n in range(2)]
+        answers = await asyncio.gather(
+            push_manifest(http, first, repo, referrers[0]),
+            push_manifest(http, second, repo, referrers[1]),
+        )
+    assert [answer.status for answer in answers] == [201, 201]
+    _, listed, _ = await read_tag_index(http, registry.url, repo, subject)
+    assert sorted(d["digest"] for d in listed) == sorted(sha256(r) for r in referrers)
