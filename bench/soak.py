@@ -255,8 +255,15 @@ async def _main(seconds: float, connections: int, repos: int, keep: int, *proxy_
         with (
             running_registry(workdir / "registry") as registry,
             running_redis(workdir / "redis") as redis,
+            # Hundreds of clients share one address: no per-client transfer limit.
             running_proxy(
-                workdir / "proxy", registry.url, "--redis-url", redis.url, *proxy_args
+                workdir / "proxy",
+                registry.url,
+                "--redis-url",
+                redis.url,
+                "--max-transfers-per-client",
+                "0",
+                *proxy_args,
             ) as proxy,
         ):
             print(f"soak: {connections} connections for {seconds:.0f} s through {proxy.url}")

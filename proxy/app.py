@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 
@@ -18,12 +19,14 @@ from proxy.forward import Forwarder
 from proxy.health import Readiness
 from proxy.index import IndexStore, IndexUnavailable, open_index
 from proxy.index.measured import MeasuredIndex
+from proxy.keep_tags import KeepTags
 from proxy.metrics import Metrics
 from proxy.paths import MAX_TARGET, target_problem
 from proxy.referrers_api import ReferrersApi
 from proxy.registry_client import RegistryClient
 from proxy.request_id import echo_request_id, request_id_middleware, send_request_id
 from proxy.tags_api import TagListApi
+from proxy.transfers import ClientTransfers
 from proxy.upstream import open_session, probe_native_referrers
 
 log = logging.getLogger(__name__)
@@ -73,13 +76,26 @@ def make_app(
     app.on_response_prepare.append(echo_request_id)
 
     async def upstream_session(app: web.Application) -> AsyncIterator[None]:
+        """Two pools: blob transfers in one, everything else (the proxy's own calls too) in the
+        other, so slow transfers can never hold the connections short requests need."""
         own = session is None
-        client = open_session(settings, [_upstream_trace(metrics)]) if session is None else session
-        app[FORWARDER] = Forwarder(client, settings.upstream, metrics)
+        client = session or open_session(
+            settings, [_upstream_trace(metrics)], pool_size=settings.control_connections
+        )
+        transfers = session or open_session(settings, [_upstream_trace(metrics)])
+        app[FORWARDER] = Forwarder(
+            client,
+            settings.upstream,
+            metrics,
+            transfer_session=transfers,
+            min_body_rate=settings.min_body_rate,
+            body_rate_window=settings.body_rate_window,
+            clients=ClientTransfers(settings.max_transfers_per_client),
+        )
         log.info("forwarding /v2/ to %s", settings.upstream)
         yield
         if own:
-            await client.close()
+            await asyncio.gather(client.close(), transfers.close())
 
     async def referrers_index(app: web.Application) -> AsyncIterator[None]:
         own = index is None
@@ -104,6 +120,7 @@ def make_app(
             store,
             fallback,
             PullAccess(client, settings.auth_cache_seconds, metrics),
+            KeepTags(client, settings.keep_tags),
             metrics,
             max_manifest_bytes=settings.max_manifest_bytes,
             page_size=settings.referrers_page_size,

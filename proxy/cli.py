@@ -35,6 +35,13 @@ def _positive_int(value: str) -> int:
     return number
 
 
+def _non_negative_int(value: str) -> int:
+    number = int(value)
+    if number < 0:
+        raise ValueError(f"must be zero or more, got {value}")
+    return number
+
+
 def _non_negative_float(value: str) -> float:
     number = float(value)
     if number < 0:
@@ -115,7 +122,7 @@ SERVE_OPTIONS: tuple[Option, ...] = (
     Option(
         "read-timeout", _positive_float, "seconds without upstream data before 504 (default 300)"
     ),
-    Option("max-connections", _positive_int, "upstream connection pool size (default 256)"),
+    Option("max-connections", _positive_int, "upstream pool for blob transfers (default 256)"),
     Option(
         "max-manifest-bytes", _positive_int, "largest manifest accepted, in bytes (default 4 MiB)"
     ),
@@ -129,6 +136,11 @@ SERVE_OPTIONS: tuple[Option, ...] = (
         "fallback-refresh",
         _positive_float,
         "seconds before a tag-schema index is revalidated upstream (default 30)",
+    ),
+    Option(
+        "keep-tags",
+        _bool,
+        "tag each referrer under a hidden name so registry GC keeps it (default true)",
     ),
     Option(
         "show-fallback-tags",
@@ -150,6 +162,28 @@ SERVE_OPTIONS: tuple[Option, ...] = (
     Option("tls-key", str, "PEM private key of --tls-cert"),
     Option("log-level", _log_level, "debug, info, warning or error (default info)"),
     Option("log-format", _log_format, "text, or json for one object per line (default text)"),
+    Option(
+        "control-connections",
+        _positive_int,
+        "upstream pool for all but blob transfers, the proxy's own calls included (default 64)",
+    ),
+    Option(
+        "min-body-rate",
+        _non_negative_float,
+        "bytes/s a request body must keep up over --body-rate-window, else 408; 0: off"
+        " (default 1024)",
+    ),
+    Option(
+        "body-rate-window",
+        _positive_float,
+        "seconds over which --min-body-rate is judged (default 10)",
+    ),
+    Option(
+        "max-transfers-per-client",
+        _non_negative_int,
+        "blob transfers at once per client address and per credential, else 429; 0: no limit"
+        " (default 64)",
+    ),
 )
 
 

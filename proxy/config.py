@@ -50,6 +50,11 @@ class Settings:
     tls_key: str | None = None
     log_level: str = "info"
     log_format: LogFormat = LogFormat.TEXT
+    keep_tags: bool = True
+    control_connections: int = 64  # pool of short requests and the proxy's own calls
+    min_body_rate: float = 1024.0  # bytes/s a streamed request body must keep up; 0: no floor
+    body_rate_window: float = 10.0  # seconds over which min_body_rate is judged
+    max_transfers_per_client: int = 64  # per address and per credential; 0: no limit
 
 
 def check_pairs(settings: Settings) -> Settings:

@@ -47,6 +47,12 @@ class StreamAborted(Exception):
     truncated body instead of a silently short one."""
 
 
+def fault(exc: BaseException) -> str:
+    """An upstream failure for a log line: its class only, since aiohttp's messages may carry
+    the upstream URL with its query (an upload's `_state` token)."""
+    return type(exc).__name__
+
+
 def error_body(code: str, message: str, detail: Any = None) -> bytes:
     error: dict[str, Any] = {"code": code, "message": message}
     if detail is not None:
@@ -90,10 +96,10 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             503, "UNAVAILABLE", "referrers index unavailable, retry", headers={"Retry-After": "1"}
         )
     except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
-        log.warning("%s %s: upstream timed out: %r", request.method, request.path, exc)
+        log.warning("%s %s: upstream timed out: %s", request.method, request.path, fault(exc))
         return error_response(504, "UNAVAILABLE", "upstream registry timed out")
     except aiohttp.ClientError as exc:
-        log.warning("%s %s: upstream unavailable: %r", request.method, request.path, exc)
+        log.warning("%s %s: upstream unavailable: %s", request.method, request.path, fault(exc))
         return error_response(502, "UNAVAILABLE", "upstream registry unavailable")
     except Exception:
         log.exception("%s %s: internal error", request.method, request.path)

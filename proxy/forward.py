@@ -7,15 +7,16 @@ from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import asynccontextmanager, contextmanager
 
 import aiohttp
-from aiohttp import web
+from aiohttp import hdrs, web
 from yarl import URL
 
 from proxy.config import MiB
-from proxy.errors import OCIError, StreamAborted
+from proxy.errors import OCIError, StreamAborted, fault
 from proxy.headers import client_response_headers, upstream_request_headers
 from proxy.metrics import FROM_UPSTREAM, TO_UPSTREAM, Metrics
 from proxy.paths import upstream_url
 from proxy.registry_client import Answer, read_capped
+from proxy.transfers import ClientTransfers, PacedBody, client_keys, is_transfer
 
 log = logging.getLogger(__name__)
 
@@ -43,24 +44,51 @@ def large_reads(response: aiohttp.ClientResponse) -> Iterator[None]:
 
 
 class Forwarder:
-    def __init__(self, session: aiohttp.ClientSession, upstream: URL, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        upstream: URL,
+        metrics: Metrics,
+        *,
+        transfer_session: aiohttp.ClientSession | None = None,
+        min_body_rate: float = 0.0,
+        body_rate_window: float = 10.0,
+        clients: ClientTransfers | None = None,
+    ) -> None:
+        """`session` serves short requests and the proxy's own calls, `transfer_session` (by
+        default the same) blob downloads and uploads: see transfers.py. A `min_body_rate` of
+        0 and no `clients` mean no limits."""
         self.session = session
+        self.transfer_session = transfer_session or session
         self.upstream = upstream
         self.metrics = metrics
+        self.min_body_rate = min_body_rate
+        self.body_rate_window = body_rate_window
+        self.clients = clients or ClientTransfers(0)
 
     @asynccontextmanager
     async def open(
         self, request: web.Request, body: bytes | None = None
     ) -> AsyncIterator[aiohttp.ClientResponse]:
-        """Send `request` upstream; with no `body` given, its own body streams through."""
-        data: bytes | aiohttp.StreamReader | None = body
+        """Send `request` upstream; with no `body` given, its own body streams through, and is
+        cut with 408 when it arrives below the minimum rate. A transfer counts against its
+        client's limit and takes its connection from the transfer pool."""
+        paced: PacedBody | None = None
+        data: bytes | AsyncIterator[bytes] | aiohttp.StreamReader | None = body
         if data is None and request.body_exists:
-            data = request.content
+            if self.min_body_rate:
+                paced = PacedBody(request.content, self.min_body_rate, self.body_rate_window)
+                data = paced.chunks()
+            else:
+                data = request.content
         headers = upstream_request_headers(
             request.headers, client_ip=request.remote, scheme=request.scheme, host=request.host
         )
+        transfer = is_transfer(request.method, request.path)
+        session = self.transfer_session if transfer else self.session
+        held = self._admit(request) if transfer else ()
         try:
-            async with self.session.request(
+            async with session.request(
                 request.method,
                 upstream_url(self.upstream, request.raw_path),
                 headers=headers,
@@ -68,10 +96,29 @@ class Forwarder:
                 allow_redirects=False,
             ) as response:
                 yield response
+        except aiohttp.ClientError as exc:
+            if paced is None or not paced.too_slow:
+                raise
+            self.metrics.transfer_refused("too_slow")
+            raise OCIError(408, "UNSUPPORTED", "request body arrived too slowly") from exc
         finally:
+            self.clients.release(held)
             if data is not None:
                 sent = len(body) if body is not None else request.content.total_bytes
                 self.metrics.streamed(request.path, TO_UPSTREAM, sent)
+
+    def _admit(self, request: web.Request) -> tuple[str, ...]:
+        """The client keys a transfer holds until it ends; 429 when one is at its limit."""
+        keys = client_keys(request.remote, request.headers.get(hdrs.AUTHORIZATION))
+        if not self.clients.admit(keys):
+            self.metrics.transfer_refused("client_limit")
+            raise OCIError(
+                429,
+                "TOOMANYREQUESTS",
+                "too many transfers in flight for this client",
+                headers={"Retry-After": "1"},
+            )
+        return keys
 
     async def relay(
         self,
@@ -97,10 +144,10 @@ class Forwarder:
                         await response.write(chunk)
             except (aiohttp.ClientError, TimeoutError) as exc:
                 log.warning(
-                    "%s %s: upstream failed mid-body, closing the client connection: %r",
+                    "%s %s: upstream failed mid-body, closing the client connection: %s",
                     request.method,
                     request.path,
-                    exc,
+                    fault(exc),
                 )
                 raise StreamAborted(request.path) from exc
             finally:

@@ -45,6 +45,8 @@ INDEX_ERRORS = frozenset(
     }
 )
 TO_UPSTREAM, FROM_UPSTREAM = "to_upstream", "from_upstream"
+# A request body below --min-body-rate; a client over --max-transfers-per-client.
+TRANSFER_REFUSALS = ("too_slow", "client_limit")
 # Blob transfers take minutes; metadata calls milliseconds.
 SECONDS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
 
@@ -98,6 +100,7 @@ class Metrics:
     referrers_descriptors: Counter
     cache_lookups: Counter
     pull_checks: Counter
+    transfers_refused: Counter
 
     @classmethod
     def create(cls) -> Metrics:
@@ -164,7 +167,14 @@ class Metrics:
                 "Pull-permission checks asked of the upstream, by outcome",
                 ("result",),
             ),
+            transfers_refused=counter(
+                "transfers_refused",
+                "Requests refused or cut so that one client cannot hold the upstream, by reason",
+                ("reason",),
+            ),
         )
+        for reason in TRANSFER_REFUSALS:
+            metrics.transfers_refused.labels(reason)
         for cache in ("auth", "tag_schema"):
             for result in ("hit", "miss"):
                 metrics.cache_lookups.labels(cache, result)
@@ -228,3 +238,7 @@ class Metrics:
     def pull_check(self, result: str) -> None:
         """`allowed`, `unknown_repository`, `refused`, `rate_limited` or `unavailable`."""
         self.pull_checks.labels(result).inc()
+
+    def transfer_refused(self, reason: str) -> None:
+        """One of TRANSFER_REFUSALS."""
+        self.transfers_refused.labels(reason).inc()

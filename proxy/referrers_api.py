@@ -16,6 +16,7 @@ from proxy.fallback import FallbackTags
 from proxy.forward import Forwarder
 from proxy.headers import client_response_headers
 from proxy.index import IndexStore, IndexUnavailable, Page
+from proxy.keep_tags import KeepTags
 from proxy.manifest import IMAGE_INDEX, ManifestInvalid, digest_algorithm, inspect_manifest
 from proxy.metrics import Metrics
 from proxy.names import is_digest, is_repository_name, stored_digest_error
@@ -50,6 +51,7 @@ class ReferrersApi:
         index: IndexStore,
         fallback: FallbackTags,
         access: PullAccess,
+        keep_tags: KeepTags,
         metrics: Metrics,
         *,
         max_manifest_bytes: int,
@@ -61,6 +63,7 @@ class ReferrersApi:
         self.index = index
         self.fallback = fallback
         self.access = access
+        self.keep_tags = keep_tags
         self.metrics = metrics
         self.max_manifest_bytes = max_manifest_bytes
         self.page_size = page_size
@@ -90,8 +93,12 @@ class ReferrersApi:
         if referrer is None or answer.status != 201:
             return self.forwarder.reply(request, answer)
         _confirmed_digest(answer, referrer.digest)
+        auth = request.headers.get("Authorization")
+        await self.keep_tags.keep(
+            name, referrer, body, request.headers.get("Content-Type", ""), auth
+        )
         await self.index.add(name, referrer)
-        await self.fallback.record(name, referrer, request.headers.get("Authorization"))
+        await self.fallback.record(name, referrer, auth)
         log.info("recorded %s in %s as a referrer of %s", referrer.digest, name, referrer.subject)
         return self.forwarder.reply(request, answer, {"OCI-Subject": referrer.subject})
 
@@ -195,7 +202,8 @@ class ReferrersApi:
     ) -> web.StreamResponse:
         """The upstream's own answer, with the proxy's records of referrers it does not list
         (pushed before its upgrade) added to its first page. While it is not yet known whether
-        the upstream has the API, its answer to this request decides."""
+        the upstream has the API, its answer to this request decides. The upstream connection
+        is given back before the index is asked, which may call the upstream again."""
         async with self.forwarder.open(request) as upstream:
             native = native_from_answer(upstream)
             if native is not None and native != self.upstream_native:
@@ -203,17 +211,21 @@ class ReferrersApi:
                 log.info("upstream Referrers API: %s", describe_native(native))
             if upstream.status in (401, 403):
                 return await self.forwarder.relay(request, upstream)
-            if not native:
-                return await self._from_index(request, name, subject, artifact_types)
-            body = await read_capped(
-                upstream.content,
-                upstream.content_length,
-                self.max_manifest_bytes,
-                OCIError(502, "UNAVAILABLE", "upstream referrers answer too large"),
+            body = (
+                None
+                if not native
+                else await read_capped(
+                    upstream.content,
+                    upstream.content_length,
+                    self.max_manifest_bytes,
+                    OCIError(502, "UNAVAILABLE", "upstream referrers answer too large"),
+                )
             )
             headers = client_response_headers(
                 upstream.headers, upstream=self.forwarder.upstream, public=request.url.origin()
             )
+        if body is None:
+            return await self._from_index(request, name, subject, artifact_types)
         try:
             listed = orjson.loads(body)["manifests"]
             digests = {descriptor["digest"] for descriptor in listed}

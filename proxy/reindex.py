@@ -22,7 +22,7 @@ from proxy.manifest import IMAGE_INDEX, ManifestInvalid, inspect_manifest
 from proxy.names import is_digest
 from proxy.registry_client import RegistryClient
 from proxy.tags_api import next_upstream_page
-from proxy.tagschema import is_tag_schema_name
+from proxy.tagschema import is_tag_schema_name, keep_tag_digest
 from proxy.upstream import open_session
 
 log = logging.getLogger(__name__)
@@ -115,7 +115,9 @@ class Reindexer:
 
     async def _repository(self, repo: _Repository) -> None:
         async for tag in self._pages(f"/v2/{repo.name}/tags/list", "tags"):
-            document = await self._manifest(repo, tag)
+            # A keep tag names its referrer: read by digest, so a referrer a tag-schema index
+            # also lists is read (and counted) once.
+            document = await self._manifest(repo, keep_tag_digest(tag) or tag)
             if document is not None and is_tag_schema_name(tag):
                 for entry in _listed(document):
                     await self._manifest(repo, entry)

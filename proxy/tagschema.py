@@ -20,6 +20,8 @@ _TAG = re.compile(r"[a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}")
 # The names the schema gives to registered-algorithm digests: hidden from tag lists.
 _SCHEMA_TAG = re.compile(r"(?:sha256|sha512)-[a-f0-9]{64}")
 _MANIFEST_TYPES = frozenset({IMAGE_MANIFEST, IMAGE_INDEX})
+KEEP_TAG_PREFIX = "_referrer."
+_WHOLE_SHA256 = re.compile(r"sha256-[a-f0-9]{64}")  # the one algorithm whose tag name is uncut
 
 
 class TagIndexInvalid(ValueError):
@@ -44,6 +46,26 @@ def tag_names(digest: str) -> list[str]:
 
 def is_tag_schema_name(tag: str) -> bool:
     return _SCHEMA_TAG.fullmatch(tag) is not None
+
+
+def keep_tag(digest: str) -> str:
+    """The hidden tag that keeps a referrer manifest through `garbage-collect --delete-untagged`
+    (Distribution 2.8 keeps a manifest only when a tag names it): `_referrer.` and the digest's
+    tag-schema name, so it meets neither the schema's names, cosign's `sha256-<hex>.sig`, nor
+    the tags people choose."""
+    return KEEP_TAG_PREFIX + tag_name(digest)
+
+
+def is_keep_tag(tag: str) -> bool:
+    return tag.startswith(KEEP_TAG_PREFIX)
+
+
+def keep_tag_digest(tag: str) -> str | None:
+    """The digest a keep tag names, when its name holds all of it (sha256); else None."""
+    named = tag.removeprefix(KEEP_TAG_PREFIX)
+    if not is_keep_tag(tag) or not _WHOLE_SHA256.fullmatch(named):
+        return None
+    return named.replace("-", ":", 1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,9 +135,9 @@ def missing_children(error_body: bytes) -> set[str]:
 
 
 def visible_tags(tags: list[str], last: str | None, n: int | None) -> tuple[list[str], bool]:
-    """One page of a tag list without tag-schema names, ASCIIbetical, starting after `last`;
-    and whether more follow."""
-    kept = sorted(tag for tag in set(tags) if not is_tag_schema_name(tag))
+    """One page of a tag list without tag-schema names and keep tags, ASCIIbetical, starting
+    after `last`; and whether more follow."""
+    kept = sorted(tag for tag in set(tags) if not is_tag_schema_name(tag) and not is_keep_tag(tag))
     if last is not None:
         kept = [tag for tag in kept if tag > last]
     if n is None:

@@ -30,13 +30,19 @@ def _ssl_context(settings: Settings) -> ssl.SSLContext | bool:
 
 
 def open_session(
-    settings: Settings, trace_configs: list[aiohttp.TraceConfig] | None = None
+    settings: Settings,
+    trace_configs: list[aiohttp.TraceConfig] | None = None,
+    *,
+    pool_size: int | None = None,
 ) -> aiohttp.ClientSession:
     """Redirects are never followed and bodies never decoded: the client sees what the upstream
-    said, byte for byte."""
+    said, byte for byte. The pool holds `pool_size` connections (default --max-connections);
+    the app opens two sessions, so that blob transfers cannot take the connections that short
+    requests and its own calls need."""
+    pool_size = settings.max_connections if pool_size is None else pool_size
     connector = aiohttp.TCPConnector(
-        limit=settings.max_connections,
-        limit_per_host=settings.max_connections,
+        limit=pool_size,
+        limit_per_host=pool_size,
         ssl=_ssl_context(settings),
     )
     return aiohttp.ClientSession(

@@ -56,7 +56,8 @@ class UpgradableRegistry:
             self.stored[request.path] = body
             document = orjson.loads(body)
             headers = {"Docker-Content-Digest": digest}
-            if self.native and "subject" in document:
+            known = any(listed["digest"] == digest for listed in self.listed)
+            if self.native and "subject" in document and not known:
                 headers["OCI-Subject"] = document["subject"]["digest"]
                 self.listed.append(
                     {

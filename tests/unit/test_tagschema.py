@@ -1,10 +1,15 @@
+import re
+
 import orjson
 import pytest
 
 from proxy.manifest import IMAGE_INDEX, IMAGE_MANIFEST
 from proxy.tagschema import (
     TagIndexInvalid,
+    is_keep_tag,
     is_tag_schema_name,
+    keep_tag,
+    keep_tag_digest,
     missing_children,
     parse_tag_index,
     tag_name,
@@ -154,3 +159,20 @@ def _refusal(*errors: object) -> bytes:
 )
 def test_missing_children_only_from_a_blob_unknown_refusal(body: bytes, missing: set[str]) -> None:
     assert missing_children(body) == missing
+
+
+def test_keep_tags_are_valid_hidden_and_meet_no_other_name() -> None:
+    digest = "sha256:" + "ab" * 32
+    tag = keep_tag(digest)
+    assert tag == "_referrer.sha256-" + "ab" * 32
+    assert re.fullmatch(r"[a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}", tag), "a valid tag"
+    assert is_keep_tag(tag)
+    assert not is_tag_schema_name(tag)
+    for other in (tag_name(digest), tag_name(digest) + ".sig", "latest", "v1.0", "referrer"):
+        assert not is_keep_tag(other)
+    assert keep_tag_digest(tag) == digest
+    long = keep_tag("sha512:" + "c" * 128)
+    assert len(long) <= 128
+    assert keep_tag_digest(long) is None, "cut: read by tag"
+    assert keep_tag_digest("v1") is None
+    assert visible_tags([tag, tag_name(digest), "v1"], None, None) == (["v1"], False)
