@@ -111,7 +111,12 @@ def make_app(
         forwarder = app[FORWARDER]
         client = RegistryClient(forwarder.session, forwarder.upstream, settings.max_manifest_bytes)
         fallback = FallbackTags(
-            client, store, settings.fallback_tags, settings.fallback_refresh, metrics
+            client,
+            store,
+            settings.fallback_tags,
+            settings.fallback_refresh,
+            metrics,
+            max_annotation_bytes=settings.max_annotation_bytes,
         )
         app[TAGS] = TagListApi(client, forwarder)
         app[READINESS] = Readiness(forwarder.session, forwarder.upstream, store)
@@ -124,6 +129,7 @@ def make_app(
             metrics,
             max_manifest_bytes=settings.max_manifest_bytes,
             page_size=settings.referrers_page_size,
+            max_annotation_bytes=settings.max_annotation_bytes,
             upstream_native=await probe_native_referrers(forwarder.session, settings.upstream),
             body_timeout=settings.read_timeout,
         )

@@ -138,6 +138,11 @@ SERVE_OPTIONS: tuple[Option, ...] = (
         "seconds before a tag-schema index is revalidated upstream (default 30)",
     ),
     Option(
+        "max-annotation-bytes",
+        _positive_int,
+        "larger annotations (serialized) are left out of a referrer's descriptor (default 16384)",
+    ),
+    Option(
         "keep-tags",
         _bool,
         "tag each referrer under a hidden name so registry GC keeps it (default true)",
@@ -192,6 +197,7 @@ _REINDEX_SHARED = frozenset(
         "upstream",
         "redis-url",
         "redis-max-connections",
+        "max-annotation-bytes",
         "upstream-ca-file",
         "upstream-insecure",
         "connect-timeout",

@@ -7,6 +7,8 @@ from enum import StrEnum
 
 from yarl import URL
 
+from proxy.manifest import MAX_ANNOTATION_BYTES
+
 MiB = 1024 * 1024
 
 
@@ -51,6 +53,7 @@ class Settings:
     log_level: str = "info"
     log_format: LogFormat = LogFormat.TEXT
     keep_tags: bool = True
+    max_annotation_bytes: int = MAX_ANNOTATION_BYTES
     control_connections: int = 64  # pool of short requests and the proxy's own calls
     min_body_rate: float = 1024.0  # bytes/s a streamed request body must keep up; 0: no floor
     body_rate_window: float = 10.0  # seconds over which min_body_rate is judged

@@ -19,7 +19,7 @@ from proxy.config import FallbackMode
 from proxy.errors import OCIError
 from proxy.index import IndexStore
 from proxy.index.base import TagSync
-from proxy.manifest import IMAGE_INDEX, Referrer
+from proxy.manifest import IMAGE_INDEX, MAX_ANNOTATION_BYTES, Referrer
 from proxy.metrics import Metrics
 from proxy.referrers import render_index
 from proxy.registry_client import Answer, RegistryClient
@@ -37,10 +37,16 @@ _SYNCED_MEMORY = 65_536  # subjects whose last sync this process remembers
 _LOGGED_BODY = 300  # bytes of an upstream refusal worth a log line
 
 
-def _parse(repository: str, subject: str, tag: str, answer: Answer) -> TagIndex | None:
+def _parse(
+    repository: str, subject: str, tag: str, answer: Answer, max_annotation_bytes: int
+) -> TagIndex | None:
     try:
         return parse_tag_index(
-            subject, answer.body, answer.headers.get("Content-Type", ""), answer.content_digest
+            subject,
+            answer.body,
+            answer.headers.get("Content-Type", ""),
+            answer.content_digest,
+            max_annotation_bytes,
         )
     except TagIndexInvalid as exc:
         log.warning("ignoring %s:%s, not a referrers index: %s", repository, tag, exc)
@@ -78,8 +84,11 @@ class FallbackTags:
         mode: FallbackMode,
         refresh: float,
         metrics: Metrics,
+        *,
+        max_annotation_bytes: int = MAX_ANNOTATION_BYTES,
     ) -> None:
         self.client = client
+        self.max_annotation_bytes = max_annotation_bytes
         self.index = index
         self.mode = mode
         self.refresh_seconds = refresh
@@ -110,7 +119,12 @@ class FallbackTags:
             return
         for referrer in read.referrers:
             await self.index.add(repository, referrer)
-        await self._set_tag_sync(repository, subject, TagSync(read.digest, now))
+        if read.digest or known is not None:
+            await self._set_tag_sync(repository, subject, TagSync(read.digest, now))
+        else:
+            # No tag-schema index and no marker: a read of a subject nobody wrote to leaves
+            # nothing in the shared index, only this process's bounded memory.
+            self._synced(repository, subject, now)
 
     async def _set_tag_sync(self, repository: str, subject: str, sync: TagSync) -> None:
         await self.index.set_tag_sync(repository, subject, sync)
@@ -153,8 +167,13 @@ class FallbackTags:
                 if answer.status == 304:
                     return _TagRead([], etag or "")
                 if answer.status == 200:
-                    found = _parse(repository, subject, tag, answer)
+                    found = _parse(repository, subject, tag, answer, self.max_annotation_bytes)
                     if found is not None:
+                        if any(r.trimmed for r in found.referrers):
+                            log.warning(
+                                "%s:%s: annotations left out of descriptors", repository, tag
+                            )
+                            self.metrics.trimmed("tag_schema")
                         listed.update((r.digest, r) for r in found.referrers)
                         digest = digest or found.digest
                 elif answer.status != 404:
@@ -215,7 +234,7 @@ class FallbackTags:
         answer = await self.client.get_manifest(repository, tag, auth)
         current: TagIndex | None = None
         if answer.status == 200:
-            current = _parse(repository, subject, tag, answer)
+            current = _parse(repository, subject, tag, answer, self.max_annotation_bytes)
             if current is None:
                 return  # never overwrite what is not ours to read
         elif answer.status != 404:

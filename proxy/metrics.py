@@ -100,6 +100,7 @@ class Metrics:
     referrers_descriptors: Counter
     cache_lookups: Counter
     pull_checks: Counter
+    descriptors_trimmed: Counter
     transfers_refused: Counter
 
     @classmethod
@@ -166,6 +167,12 @@ class Metrics:
                 "pull_checks",
                 "Pull-permission checks asked of the upstream, by outcome",
                 ("result",),
+            ),
+            descriptors_trimmed=counter(
+                "descriptors_trimmed",
+                "Descriptors whose annotations were over --max-annotation-bytes and left out,"
+                " by where they came from (put, tag_schema, stored)",
+                ("source",),
             ),
             transfers_refused=counter(
                 "transfers_refused",
@@ -234,6 +241,9 @@ class Metrics:
 
     def cache_lookup(self, cache: str, hit: bool) -> None:
         self.cache_lookups.labels(cache, "hit" if hit else "miss").inc()
+
+    def trimmed(self, source: str) -> None:
+        self.descriptors_trimmed.labels(source).inc()
 
     def pull_check(self, result: str) -> None:
         """`allowed`, `unknown_repository`, `refused`, `rate_limited` or `unavailable`."""

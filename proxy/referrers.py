@@ -7,6 +7,8 @@ import binascii
 from collections.abc import Iterable, Sequence
 from urllib.parse import quote, urlencode
 
+import orjson
+
 from proxy.manifest import IMAGE_INDEX
 
 _INDEX_HEAD = b'{"schemaVersion":2,"mediaType":"' + IMAGE_INDEX.encode() + b'","manifests":['
@@ -16,6 +18,21 @@ CURSOR_PARAM = "next"
 
 class CursorInvalid(ValueError):
     pass
+
+
+DESCRIPTOR_BASE = 1024  # a descriptor without annotations: media types, digest, size
+
+
+def bounded(descriptor: bytes, max_annotation_bytes: int) -> bytes | None:
+    """A stored descriptor as an answer may carry it: one recorded before the annotation bound
+    (or by another writer) loses its annotations when it is over the bound, and is left out
+    when even that is too large. A length check only, for all within the bound."""
+    if len(descriptor) <= DESCRIPTOR_BASE + max_annotation_bytes:
+        return descriptor
+    parsed = orjson.loads(descriptor)
+    parsed.pop("annotations", None)
+    trimmed = orjson.dumps(parsed)
+    return trimmed if len(trimmed) <= DESCRIPTOR_BASE else None
 
 
 def render_index(descriptors: Iterable[bytes]) -> bytes:

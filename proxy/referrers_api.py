@@ -17,10 +17,23 @@ from proxy.forward import Forwarder
 from proxy.headers import client_response_headers
 from proxy.index import IndexStore, IndexUnavailable, Page
 from proxy.keep_tags import KeepTags
-from proxy.manifest import IMAGE_INDEX, ManifestInvalid, digest_algorithm, inspect_manifest
+from proxy.manifest import (
+    IMAGE_INDEX,
+    MAX_ANNOTATION_BYTES,
+    ManifestInvalid,
+    digest_algorithm,
+    inspect_manifest,
+)
 from proxy.metrics import Metrics
 from proxy.names import is_digest, is_repository_name, stored_digest_error
-from proxy.referrers import CURSOR_PARAM, CursorInvalid, decode_cursor, next_link, render_index
+from proxy.referrers import (
+    CURSOR_PARAM,
+    CursorInvalid,
+    bounded,
+    decode_cursor,
+    next_link,
+    render_index,
+)
 from proxy.registry_client import Answer, read_capped
 from proxy.upstream import describe_native, native_from_answer
 
@@ -56,6 +69,7 @@ class ReferrersApi:
         *,
         max_manifest_bytes: int,
         page_size: int,
+        max_annotation_bytes: int = MAX_ANNOTATION_BYTES,
         upstream_native: bool | None = False,
         body_timeout: float = 60.0,
     ) -> None:
@@ -67,6 +81,7 @@ class ReferrersApi:
         self.metrics = metrics
         self.max_manifest_bytes = max_manifest_bytes
         self.page_size = page_size
+        self.max_annotation_bytes = max_annotation_bytes
         self.upstream_native = upstream_native
         self.body_timeout = body_timeout
 
@@ -85,10 +100,21 @@ class ReferrersApi:
             raise OCIError(408, "UNSUPPORTED", "manifest body not received in time") from exc
         try:
             referrer = inspect_manifest(
-                body, request.headers.get("Content-Type", ""), digest_algorithm(reference)
+                body,
+                request.headers.get("Content-Type", ""),
+                digest_algorithm(reference),
+                self.max_annotation_bytes,
             )
         except ManifestInvalid as exc:
             raise OCIError(400, "MANIFEST_INVALID", str(exc)) from exc
+        if referrer is not None and referrer.trimmed:
+            log.warning(
+                "%s %s: annotations over %d bytes left out of its descriptor",
+                name,
+                reference,
+                self.max_annotation_bytes,
+            )
+            self.metrics.trimmed("put")
         answer = await self.forwarder.exchange(request, cap, body)
         if referrer is None or answer.status != 201:
             return self.forwarder.reply(request, answer)
@@ -195,7 +221,18 @@ class ReferrersApi:
             self.metrics.served("tag_schema", len(page.descriptors))
         else:
             self.metrics.served("index", len(page.descriptors))
-        return _index_answer(page, name, subject, artifact_types)
+        return _index_answer(self._bounded(page), name, subject, artifact_types)
+
+    def _bounded(self, page: Page) -> Page:
+        """Descriptors stored before the annotation bound, or by another writer, cut to it."""
+        kept = []
+        for descriptor in page.descriptors:
+            answered = bounded(descriptor, self.max_annotation_bytes)
+            if answered is not descriptor:
+                self.metrics.trimmed("stored")
+            if answered is not None:
+                kept.append(answered)
+        return Page(kept, page.next_after)
 
     async def _from_upstream(
         self, request: web.Request, name: str, subject: str, artifact_types: list[str]
@@ -236,7 +273,9 @@ class ReferrersApi:
         merged = [orjson.dumps(descriptor) for descriptor in listed]
         first_page = set(request.query) <= {"artifactType"}
         if first_page:
-            own = await self.index.page(name, subject, artifact_types, 0, self.page_size)
+            own = self._bounded(
+                await self.index.page(name, subject, artifact_types, 0, self.page_size)
+            )
             merged += [d for d in own.descriptors if orjson.loads(d)["digest"] not in digests]
         self.metrics.served("upstream", len(merged))
         answer = {"Content-Type": IMAGE_INDEX}

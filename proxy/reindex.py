@@ -18,7 +18,7 @@ import orjson
 
 from proxy.config import MiB, Settings
 from proxy.index import IndexStore, open_index
-from proxy.manifest import IMAGE_INDEX, ManifestInvalid, inspect_manifest
+from proxy.manifest import IMAGE_INDEX, MAX_ANNOTATION_BYTES, ManifestInvalid, inspect_manifest
 from proxy.names import is_digest
 from proxy.registry_client import RegistryClient
 from proxy.tags_api import next_upstream_page
@@ -65,8 +65,10 @@ class Reindexer:
         *,
         auth: str | None,
         progress: TextIO = sys.stderr,
+        max_annotation_bytes: int = MAX_ANNOTATION_BYTES,
     ) -> None:
         self.client = client
+        self.max_annotation_bytes = max_annotation_bytes
         self.index = index
         self.auth = auth
         self.progress = progress
@@ -137,7 +139,9 @@ class Reindexer:
         content_type = answer.headers.get("Content-Type", "")
         algorithm = reference.partition(":")[0] if is_digest(reference) else "sha256"
         try:
-            referrer = inspect_manifest(answer.body, content_type, algorithm)
+            referrer = inspect_manifest(
+                answer.body, content_type, algorithm, self.max_annotation_bytes
+            )
         except ManifestInvalid as exc:
             log.warning("%s@%s: %s", repo.name, reference, exc)
             self.summary.errors += 1
@@ -184,7 +188,9 @@ async def reindex(
         log.warning("no --redis-url: nothing is recorded, this run only counts")
     async with open_session(settings) as session:
         client = RegistryClient(session, settings.upstream, max_body=REINDEX_MAX_BODY)
-        walker = Reindexer(client, index, auth=auth)
+        walker = Reindexer(
+            client, index, auth=auth, max_annotation_bytes=settings.max_annotation_bytes
+        )
         try:
             async for name in walker.run(repositories, done):
                 if marks is not None:

@@ -12,7 +12,15 @@ from typing import Any
 
 import orjson
 
-from proxy.manifest import IMAGE_INDEX, IMAGE_MANIFEST, Referrer
+from proxy.manifest import (
+    IMAGE_INDEX,
+    IMAGE_MANIFEST,
+    MAX_ANNOTATION_BYTES,
+    MAX_ARTIFACT_TYPE,
+    Referrer,
+    string_map,
+    within_bound,
+)
 from proxy.names import digest_error
 
 _NOT_TAG_CHARS = re.compile(r"[^a-zA-Z0-9._-]")
@@ -74,7 +82,7 @@ class TagIndex:
     referrers: list[Referrer]
 
 
-def _referrer(subject: str, entry: Any) -> Referrer:
+def _referrer(subject: str, entry: Any, max_annotation_bytes: int) -> Referrer:
     if not isinstance(entry, dict):
         raise TagIndexInvalid("a listed descriptor is not an object")
     media_type, digest, size = entry.get("mediaType"), entry.get("digest"), entry.get("size")
@@ -86,17 +94,30 @@ def _referrer(subject: str, entry: Any) -> Referrer:
         raise TagIndexInvalid(f"a listed descriptor has size {size!r}")
     descriptor: dict[str, Any] = {"mediaType": media_type, "digest": digest, "size": size}
     artifact_type = entry.get("artifactType")
+    if isinstance(artifact_type, str) and len(artifact_type) > MAX_ARTIFACT_TYPE:
+        raise TagIndexInvalid(f"a listed artifactType is longer than {MAX_ARTIFACT_TYPE}")
     if isinstance(artifact_type, str) and artifact_type:
         descriptor["artifactType"] = artifact_type
     else:
         artifact_type = None
+    # What another client wrote: annotations that are no string map, or over the bound, are
+    # left out (`trimmed`) rather than refusing the whole index.
     annotations = entry.get("annotations")
-    if isinstance(annotations, dict) and annotations:
-        descriptor["annotations"] = annotations
-    return Referrer(subject, digest, artifact_type, orjson.dumps(descriptor))
+    trimmed = annotations is not None
+    if string_map(annotations) and within_bound(annotations, max_annotation_bytes):
+        trimmed = False
+        if annotations:
+            descriptor["annotations"] = annotations
+    return Referrer(subject, digest, artifact_type, orjson.dumps(descriptor), trimmed)
 
 
-def parse_tag_index(subject: str, body: bytes, content_type: str, digest: str) -> TagIndex:
+def parse_tag_index(
+    subject: str,
+    body: bytes,
+    content_type: str,
+    digest: str,
+    max_annotation_bytes: int = MAX_ANNOTATION_BYTES,
+) -> TagIndex:
     """The referrers a tag-schema index lists, checked: it must be an OCI image index, and not
     the subject itself (some registries resolve `sha256-<hex>` to the subject: oras-go#1396)."""
     if digest == subject:
@@ -111,7 +132,8 @@ def parse_tag_index(subject: str, body: bytes, content_type: str, digest: str) -
         raise TagIndexInvalid("the tag holds no list of manifests")
     if document.get("mediaType", IMAGE_INDEX) != IMAGE_INDEX:
         raise TagIndexInvalid("the tag's mediaType is not an image index")
-    return TagIndex(digest, [_referrer(subject, entry) for entry in document["manifests"]])
+    listed = [_referrer(subject, entry, max_annotation_bytes) for entry in document["manifests"]]
+    return TagIndex(digest, listed)
 
 
 def missing_children(error_body: bytes) -> set[str]:

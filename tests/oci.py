@@ -59,7 +59,7 @@ async def push_manifest(
     """PUT a manifest (by digest unless `reference` is given) and return the read response."""
     async with http.put(
         f"{base}/v2/{repo}/manifests/{reference or sha256(body)}",
-        data=body,
+        data=io.BytesIO(body),
         headers={"Content-Type": media_type, **(headers or {})},
     ) as response:
         await response.read()

@@ -54,7 +54,9 @@ class IndexStore(Protocol):
 
     async def tag_sync(self, repository: str, subject: str) -> TagSync | None: ...
 
-    async def set_tag_sync(self, repository: str, subject: str, sync: TagSync) -> None: ...
+    async def set_tag_sync(self, repository: str, subject: str, sync: TagSync) -> None:
+        """Remember `sync`; one with no digest (no tag-schema index upstream) forgets the
+        subject's marker instead, so subjects without one hold no state."""
 
     def subject_lock(self, repository: str, subject: str) -> AbstractAsyncContextManager[None]:
         """Held while the subject's tag-schema index is read, changed and written back, so

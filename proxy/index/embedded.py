@@ -113,7 +113,10 @@ class EmbeddedIndex:
         return self._tag_syncs.get((repository, subject))
 
     async def set_tag_sync(self, repository: str, subject: str, sync: TagSync) -> None:
-        self._tag_syncs[(repository, subject)] = sync
+        if sync.digest:
+            self._tag_syncs[(repository, subject)] = sync
+        else:
+            self._tag_syncs.pop((repository, subject), None)
 
     @asynccontextmanager
     async def subject_lock(self, repository: str, subject: str) -> AsyncIterator[None]:

@@ -177,10 +177,12 @@ class RedisIndex:
         return TagSync(_text(digest), float(at))
 
     async def set_tag_sync(self, repository: str, subject: str, sync: TagSync) -> None:
+        key = keys.tag_sync(repository, subject)
         async with _guard("write"):
-            await self._redis.hset(
-                keys.tag_sync(repository, subject), mapping={"digest": sync.digest, "at": sync.at}
-            )
+            if sync.digest:
+                await self._redis.hset(key, mapping={"digest": sync.digest, "at": sync.at})
+            else:
+                await self._redis.delete(key)
 
     @asynccontextmanager
     async def subject_lock(self, repository: str, subject: str) -> AsyncIterator[None]:

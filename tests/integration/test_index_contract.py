@@ -494,9 +494,11 @@ async def test_tag_sync_marker(store: IndexStore) -> None:
     assert await store.tag_sync(REPO, SUBJECT) == mark
     assert await store.tag_sync(REPO + "/x", SUBJECT) is None
     assert await store.tag_sync(REPO, OTHER_SUBJECT) is None
-    later = TagSync("", mark.at + 1.5)
+    later = TagSync(sha256("next index"), mark.at + 1.5)
     await store.set_tag_sync(REPO, SUBJECT, later)
     assert await store.tag_sync(REPO, SUBJECT) == later
+    await store.set_tag_sync(REPO, SUBJECT, TagSync("", mark.at + 2))
+    assert await store.tag_sync(REPO, SUBJECT) is None, "no index upstream: no marker kept"
 
 
 async def test_subject_lock_serializes_one_subject_only(store: IndexStore) -> None:

@@ -1,6 +1,7 @@
 """inspect_manifest: which pushed manifests are referrers, and the descriptor kept for each."""
 
 import hashlib
+import json
 from typing import Any
 
 import orjson
@@ -11,6 +12,7 @@ from hypothesis import strategies as st
 from proxy.manifest import (
     IMAGE_INDEX,
     IMAGE_MANIFEST,
+    MAX_ANNOTATION_BYTES,
     ManifestInvalid,
     Referrer,
     compute_digest,
@@ -155,12 +157,54 @@ def test_annotations_are_copied_exactly_in_order() -> None:
     assert list(copied) == list(annotations)
 
 
-@pytest.mark.parametrize(
-    "annotations", [{}, None, "x", ["a"]], ids=["empty", "null", "str", "list"]
-)
-def test_absent_or_malformed_annotations_are_left_out(annotations: Any) -> None:
+@pytest.mark.parametrize("annotations", [{}, None], ids=["empty", "null"])
+def test_absent_annotations_are_left_out(annotations: Any) -> None:
     body = orjson.dumps(manifest(annotations=annotations))
     assert "annotations" not in descriptor_of(body)
+
+
+def nested(depth: int) -> Any:
+    value: Any = "leaf"
+    for _ in range(depth):
+        value = {"a": value}
+    return value
+
+
+@pytest.mark.parametrize(
+    "annotations",
+    ["x", ["a"], {"a": 1}, {"a": None}, {"a": ["b"]}, nested(300)],
+    ids=["str", "list", "number", "null value", "list value", "nested 300 deep"],
+)
+def test_annotations_that_are_no_string_map_are_refused(annotations: Any) -> None:
+    """Image-spec: a map of strings to strings. 300 levels of nesting used to make the
+    serializer raise (a 500)."""
+    body = json.dumps(manifest(annotations=annotations)).encode()
+    with pytest.raises(ManifestInvalid, match="annotations"):
+        inspect_manifest(body, IMAGE_MANIFEST)
+
+
+def test_annotations_over_the_bound_are_left_out_and_the_referrer_kept() -> None:
+    small = {"note": "x" * 100}
+    large = {"note": "x" * MAX_ANNOTATION_BYTES}
+    kept = inspect_manifest(orjson.dumps(manifest(annotations=small)), IMAGE_MANIFEST)
+    assert kept is not None
+    assert not kept.trimmed
+    assert orjson.loads(kept.descriptor)["annotations"] == small
+    cut = inspect_manifest(orjson.dumps(manifest(annotations=large)), IMAGE_MANIFEST)
+    assert cut is not None
+    assert cut.trimmed
+    assert "annotations" not in orjson.loads(cut.descriptor)
+    looser = inspect_manifest(
+        orjson.dumps(manifest(annotations=large)), IMAGE_MANIFEST, max_annotation_bytes=10**6
+    )
+    assert looser is not None
+    assert not looser.trimmed
+
+
+def test_an_artifact_type_longer_than_a_media_type_is_refused() -> None:
+    body = orjson.dumps(manifest(artifactType="application/" + "x" * 300))
+    with pytest.raises(ManifestInvalid, match="artifactType"):
+        inspect_manifest(body, IMAGE_MANIFEST)
 
 
 def test_nothing_else_of_the_manifest_leaks_into_the_descriptor() -> None:

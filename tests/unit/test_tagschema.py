@@ -1,3 +1,4 @@
+import json
 import re
 
 import orjson
@@ -176,3 +177,29 @@ def test_keep_tags_are_valid_hidden_and_meet_no_other_name() -> None:
     assert keep_tag_digest(long) is None, "cut: read by tag"
     assert keep_tag_digest("v1") is None
     assert visible_tags([tag, tag_name(digest), "v1"], None, None) == (["v1"], False)
+
+
+def test_listed_annotations_that_are_no_string_map_or_too_large_are_left_out() -> None:
+    """Another registry may hold what Distribution refuses: no 500, no 4 MiB in answers."""
+    nested: object = "leaf"
+    for _ in range(300):
+        nested = {"a": nested}
+    subject = "sha256:" + "5" * 64
+    entries = [
+        {"mediaType": IMAGE_MANIFEST, "digest": "sha256:" + c * 64, "size": 1, "annotations": a}
+        for c, a in (
+            ("1", {"a": nested}),
+            ("2", {"a": 1}),
+            ("3", {"x": "y" * 20_000}),
+            ("4", {"k": "v"}),
+        )
+    ]
+    body = json.dumps({"schemaVersion": 2, "mediaType": IMAGE_INDEX, "manifests": entries})
+    found = parse_tag_index(subject, body.encode(), IMAGE_INDEX, "sha256:" + "9" * 64)
+    assert [r.trimmed for r in found.referrers] == [True, True, True, False]
+    assert [("annotations" in orjson.loads(r.descriptor)) for r in found.referrers] == [
+        False,
+        False,
+        False,
+        True,
+    ]
