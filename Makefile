@@ -5,6 +5,9 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 LISTEN ?= 127.0.0.1:8080
 UPSTREAM ?=
+IMAGE ?= oci-referrers-proxy:dev
+# Finds a Docker engine (DOCKER_HOST, the system socket) or, as root, starts a private one.
+ENGINE := deploy/local-images/engine.sh
 
 export DEBIAN_FRONTEND := noninteractive
 
@@ -19,7 +22,19 @@ define need
 	fi
 endef
 
-.PHONY: run test lint soak bench test-system-deps clean
+# $(call want,BINARY,DEBIAN_PACKAGE): like need, but only a note when it cannot be installed
+# (the tests that use it then skip and say why).
+define want
+	@if ! command -v $(1) >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; \
+	  elif sudo -n true 2>/dev/null; then SUDO="sudo -n"; \
+	  else echo "note: $(1) is missing (Debian's $(2)): the container tests will skip" >&2; exit 0; fi; \
+	  echo "installing $(2) (for $(1))"; \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq $(2) >/dev/null; \
+	fi
+endef
+
+.PHONY: run test lint soak bench test-system-deps container-deps image engine-stop clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -36,7 +51,7 @@ $(VENV)/.test-installed: pyproject.toml | $(BIN)/python
 run: $(VENV)/.run-installed
 ifeq ($(strip $(UPSTREAM)),)
 	$(call need,docker-registry,docker-registry)
-	$(BIN)/python -m tests.harness.local_stack --listen $(LISTEN)
+	$(BIN)/python -m proxy.devstack --listen $(LISTEN)
 else
 	$(BIN)/referrers-proxy serve --upstream $(UPSTREAM) --listen $(LISTEN)
 endif
@@ -50,12 +65,26 @@ test-system-deps:
 	$(call need,wrk,wrk)
 	$(call need,hey,hey)
 
+# A Docker engine, and the tools that build the images without an image registry.
+container-deps:
+	$(call want,dockerd,docker.io)
+	$(call want,mmdebstrap,mmdebstrap)
+	$(call want,docker-compose,docker-compose)
+
+# The proxy image (and the local Debian bases it builds on); deploy/local-images/build.sh.
+image: $(VENV)/.run-installed container-deps
+	host="$$($(ENGINE))" && DOCKER_HOST="$$host" PIP=$(BIN)/pip deploy/local-images/build.sh $(IMAGE)
+
+# Stops the private dockerd that `make image` or the container tests started; images stay.
+engine-stop:
+	$(ENGINE) stop
+
 lint: $(VENV)/.test-installed
 	$(BIN)/ruff check proxy tests bench deploy
 	$(BIN)/ruff format --check proxy tests bench deploy
 	$(BIN)/mypy --strict proxy
 
-test: lint test-system-deps
+test: lint test-system-deps container-deps
 	$(BIN)/pytest -ra
 
 # The long soak: mixed traffic through a real proxy for SOAK_SECONDS, then a summary table.
