@@ -33,6 +33,7 @@ from tests.oci import (
 )
 
 MiB = 1024 * 1024
+TAG_SETTLE = 30.0  # the proxy writes tag indexes behind attaches; a minute-long retry is a loss
 
 
 def process_sample(pid: int) -> tuple[int, int]:
@@ -54,6 +55,7 @@ class SoakResult:
     lost_in_answer: int = 0
     lost_in_registry: int = 0
     resurrected: int = 0  # detached, yet still listed by the proxy or the registry's tag index
+    tag_lag: float = 0.0  # seconds after the run until the registry's tag indexes were in step
     samples: list[tuple[float, int, int]] = field(default_factory=list)  # (t, rss, fds)
 
     @property
@@ -69,6 +71,7 @@ class SoakResult:
             ("referrers detached", str(self.detached)),
             ("referrers lost (proxy answer)", str(self.lost_in_answer)),
             ("referrers lost (registry tag index)", str(self.lost_in_registry)),
+            ("tag indexes in step after", f"{self.tag_lag:.1f} s"),
             ("detached yet still listed", str(self.resurrected)),
         ]
         for label, (t, rss, fds) in zip(
@@ -182,6 +185,20 @@ def _count(result: SoakResult, operation: str, outcome: str) -> None:
     result.by_class[outcome] += 1
 
 
+async def _settled_tag(
+    http: aiohttp.ClientSession, registry: str, name: str, subject: bytes, expected: set[str]
+) -> set[str]:
+    """What the registry's tag index lists once the proxy's writes behind the last attaches
+    have landed (or after TAG_SETTLE seconds)."""
+    settle_by = time.monotonic() + TAG_SETTLE
+    while True:
+        _, in_tag, _ = await read_tag_index(http, registry, name, subject)
+        tagged = {d["digest"] for d in in_tag}
+        if tagged == expected or time.monotonic() > settle_by:
+            return tagged
+        await asyncio.sleep(0.05)
+
+
 async def soak(
     proxy: str,
     registry: str,
@@ -242,8 +259,8 @@ async def soak(
                     link = response.headers.get("Link")
                 url = proxy + link[1 : link.index(">")] if link else None
             result.lost_in_answer += len(expected - listed)
-            _, in_tag, _ = await read_tag_index(http, registry, name, world.subjects[name])
-            tagged = {d["digest"] for d in in_tag}
+            tagged = await _settled_tag(http, registry, name, world.subjects[name], expected)
+            result.tag_lag = max(result.tag_lag, time.monotonic() - deadline)
             result.lost_in_registry += len(expected - tagged)
             result.resurrected += len(detached & (listed | tagged))
     return result

@@ -12,9 +12,8 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from proxy.access import PullAccess
-from proxy.config import Settings
+from proxy.config import FallbackMode, Settings
 from proxy.errors import Handler, OCIError, error_middleware
-from proxy.fallback import FallbackTags
 from proxy.forward import Forwarder
 from proxy.health import Readiness
 from proxy.index import IndexStore, IndexUnavailable, open_index
@@ -25,6 +24,8 @@ from proxy.paths import MAX_TARGET, target_problem
 from proxy.referrers_api import ReferrersApi
 from proxy.registry_client import RegistryClient
 from proxy.request_id import echo_request_id, request_id_middleware, send_request_id
+from proxy.tag_reader import TagIndexReader
+from proxy.tag_writer import TagIndexWriter
 from proxy.tags_api import TagListApi
 from proxy.transfers import ClientTransfers
 from proxy.upstream import open_session, probe_native_referrers
@@ -110,7 +111,7 @@ def make_app(
             )
         forwarder = app[FORWARDER]
         client = RegistryClient(forwarder.session, forwarder.upstream, settings.max_manifest_bytes)
-        fallback = FallbackTags(
+        reader = TagIndexReader(
             client,
             store,
             settings.fallback_tags,
@@ -118,12 +119,27 @@ def make_app(
             metrics,
             max_annotation_bytes=settings.max_annotation_bytes,
         )
+        writer = (
+            TagIndexWriter(
+                client,
+                store,
+                metrics,
+                behind=settings.keep_tags and settings.redis_url is not None,
+                delay=settings.tag_write_delay,
+                max_bytes=settings.tag_index_max_bytes,
+                max_annotation_bytes=settings.max_annotation_bytes,
+            )
+            if settings.fallback_tags is FallbackMode.WRITE
+            else None
+        )
         app[TAGS] = TagListApi(client, forwarder)
-        app[READINESS] = Readiness(forwarder.session, forwarder.upstream, store)
+        app[READINESS] = Readiness(forwarder.session, forwarder.upstream, store, writer)
         app[REFERRERS] = ReferrersApi(
             forwarder,
+            client,
             store,
-            fallback,
+            reader,
+            writer,
             PullAccess(client, settings.auth_cache_seconds, metrics),
             KeepTags(client, settings.keep_tags),
             metrics,
@@ -134,6 +150,8 @@ def make_app(
             body_timeout=settings.read_timeout,
         )
         yield
+        if writer is not None:
+            await writer.close(settings.shutdown_grace)
         if own:
             await store.close()
 
@@ -159,7 +177,7 @@ def make_app(
 
     async def readyz(request: web.Request) -> web.StreamResponse:
         report = await request.app[READINESS].report()
-        body = orjson.dumps({"ready": report.ready, "checks": report.checks})
+        body = orjson.dumps({"ready": report.ready, "checks": report.checks, "notes": report.notes})
         return web.Response(
             status=200 if report.ready else 503, body=body, content_type="application/json"
         )

@@ -148,6 +148,17 @@ SERVE_OPTIONS: tuple[Option, ...] = (
         "tag each referrer under a hidden name so registry GC keeps it (default true)",
     ),
     Option(
+        "tag-write-delay",
+        _non_negative_float,
+        "seconds a tag-schema index write waits for more changes, with keep tags on (default 1)",
+    ),
+    Option(
+        "tag-index-max-bytes",
+        _positive_int,
+        "largest tag-schema index written; referrers past it are listed by the proxy alone"
+        " (default 4 MiB)",
+    ),
+    Option(
         "show-fallback-tags",
         _bool,
         "list tag-schema tags (sha256-...) in tags/list, hidden by default",

@@ -58,6 +58,8 @@ class Settings:
     min_body_rate: float = 1024.0  # bytes/s a streamed request body must keep up; 0: no floor
     body_rate_window: float = 10.0  # seconds over which min_body_rate is judged
     max_transfers_per_client: int = 64  # per address and per credential; 0: no limit
+    tag_write_delay: float = 1.0  # seconds a tag-schema write behind waits for more changes
+    tag_index_max_bytes: int = 4 * MiB  # Distribution's manifest limit
 
 
 def check_pairs(settings: Settings) -> Settings:

@@ -3,6 +3,7 @@
 Exception
  ├── OCIError           a deliberate answer: status + OCI code (bad input, index down, ...)
  ├── StreamAborted      the upstream failed after the answer started: only closing is honest
+ ├── UpstreamRefused    the registry refused a call the proxy made of its own -> 502
  ├── aiohttp.ClientError / TimeoutError   upstream faults -> 502 / 504 UNAVAILABLE
  └── anything else      a bug -> 500 UNKNOWN, logged with its traceback, never sent
 """
@@ -45,6 +46,21 @@ class OCIError(Exception):
 class StreamAborted(Exception):
     """Raised once headers were sent: aiohttp then drops the connection so the client sees a
     truncated body instead of a silently short one."""
+
+
+class UpstreamRefused(Exception):
+    """The registry answered a call of the proxy's own (a tag-schema read or write, a keep tag)
+    with a status that is no success."""
+
+    def __init__(self, what: str, status: int) -> None:
+        super().__init__(f"upstream refused {what} ({status})")
+        self.what = what
+        self.status = status
+
+    @property
+    def retryable(self) -> bool:
+        """Worth asking again later: the registry was busy or failing, not saying no."""
+        return self.status == 429 or self.status >= 500
 
 
 def fault(exc: BaseException) -> str:
@@ -90,6 +106,9 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return error_response(exc.status, _http_exception_code(exc.status), exc.reason)
     except StreamAborted:
         raise
+    except UpstreamRefused as exc:
+        log.error("%s %s: %s", request.method, request.path, exc)
+        return error_response(502, "UNAVAILABLE", f"{exc}; retry")
     except IndexUnavailable as exc:
         log.error("%s %s: referrers index unavailable: %s", request.method, request.path, exc)
         return error_response(

@@ -1,5 +1,9 @@
 """Readiness: can the proxy serve, i.e. do the upstream and the index answer?
 
+Notes report what is degraded without making the proxy unready: tag-schema writes that fail
+leave pulls and referrers answers whole, and taking every replica out of service for them would
+turn a degraded copy into an outage.
+
 Probes come often and from several places, so one check runs at a time and its result is kept
 for `ttl` seconds: the upstream sees at most one `GET /v2/` per `ttl` however many probes arrive.
 What a failed check reports is a word and an exception class, never a URL, address or password.
@@ -16,6 +20,7 @@ from yarl import URL
 
 from proxy.index import IndexStore, IndexUnavailable
 from proxy.paths import upstream_url
+from proxy.tag_writer import TagIndexWriter
 
 OK = "ok"
 
@@ -23,6 +28,7 @@ OK = "ok"
 @dataclass(frozen=True, slots=True)
 class Report:
     checks: dict[str, str]  # name -> "ok" or what is wrong
+    notes: dict[str, str]  # name -> "ok" or what is degraded; not part of `ready`
 
     @property
     def ready(self) -> bool:
@@ -35,6 +41,7 @@ class Readiness:
         session: aiohttp.ClientSession,
         upstream: URL,
         index: IndexStore,
+        writer: TagIndexWriter | None = None,
         *,
         timeout: float = 2.0,
         ttl: float = 1.0,
@@ -42,6 +49,7 @@ class Readiness:
         self.session = session
         self.upstream = upstream
         self.index = index
+        self.writer = writer
         self.timeout = timeout
         self.ttl = ttl
         self._lock = asyncio.Lock()
@@ -52,9 +60,15 @@ class Readiness:
             if self._last is not None and time.monotonic() - self._last[0] < self.ttl:
                 return self._last[1]
             upstream, index = await asyncio.gather(self._upstream(), self._index())
-            report = Report({"upstream": upstream, "index": index})
+            report = Report({"upstream": upstream, "index": index}, self._notes())
             self._last = (time.monotonic(), report)
             return report
+
+    def _notes(self) -> dict[str, str]:
+        if self.writer is None:
+            return {}
+        failing = self.writer.failing()
+        return {"tag_writes": f"failing for {failing} subjects, retrying" if failing else OK}
 
     async def _upstream(self) -> str:
         """Any answer from the API root that a registry gives: 200, or 401 with auth on."""

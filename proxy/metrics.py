@@ -11,7 +11,7 @@ from types import SimpleNamespace
 
 import aiohttp
 from aiohttp import web
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from proxy.errors import Handler
 
@@ -47,6 +47,7 @@ INDEX_ERRORS = frozenset(
 TO_UPSTREAM, FROM_UPSTREAM = "to_upstream", "from_upstream"
 # A request body below --min-body-rate; a client over --max-transfers-per-client.
 TRANSFER_REFUSALS = ("too_slow", "client_limit")
+TAG_WRITE_RESULTS = ("written", "unchanged", "retried", "refused", "abandoned")
 # Blob transfers take minutes; metadata calls milliseconds.
 SECONDS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
 
@@ -102,6 +103,10 @@ class Metrics:
     pull_checks: Counter
     descriptors_trimmed: Counter
     transfers_refused: Counter
+    tag_writes: Counter
+    tag_writes_pending: Gauge
+    tag_writes_failing: Gauge
+    tag_index_left_out: Counter
 
     @classmethod
     def create(cls) -> Metrics:
@@ -179,7 +184,33 @@ class Metrics:
                 "Requests refused or cut so that one client cannot hold the upstream, by reason",
                 ("reason",),
             ),
+            tag_writes=counter(
+                "tag_writes",
+                "Tag-schema index writes, by result (written, unchanged, retried, refused,"
+                " abandoned)",
+                ("result",),
+            ),
+            tag_writes_pending=Gauge(
+                "tag_writes_pending",
+                "Subjects whose tag-schema index waits to be written behind",
+                namespace=NAMESPACE,
+                registry=registry,
+            ),
+            tag_writes_failing=Gauge(
+                "tag_writes_failing",
+                "Subjects whose last tag-schema write failed and is being retried",
+                namespace=NAMESPACE,
+                registry=registry,
+            ),
+            tag_index_left_out=counter(
+                "tag_index_left_out",
+                "Referrers left out of a written tag-schema index for lack of room under"
+                " --tag-index-max-bytes (listed by the proxy all the same)",
+                (),
+            ),
         )
+        for result in TAG_WRITE_RESULTS:
+            metrics.tag_writes.labels(result)
         for reason in TRANSFER_REFUSALS:
             metrics.transfers_refused.labels(reason)
         for cache in ("auth", "tag_schema"):
@@ -248,6 +279,10 @@ class Metrics:
     def pull_check(self, result: str) -> None:
         """`allowed`, `unknown_repository`, `refused`, `rate_limited` or `unavailable`."""
         self.pull_checks.labels(result).inc()
+
+    def tag_write(self, result: str) -> None:
+        """One of TAG_WRITE_RESULTS."""
+        self.tag_writes.labels(result).inc()
 
     def transfer_refused(self, reason: str) -> None:
         """One of TRANSFER_REFUSALS."""

@@ -10,9 +10,7 @@ import orjson
 from aiohttp import web
 
 from proxy.access import PullAccess, PullRefused, proves_absent
-from proxy.config import FallbackMode
 from proxy.errors import OCIError
-from proxy.fallback import FallbackTags
 from proxy.forward import Forwarder
 from proxy.headers import client_response_headers
 from proxy.index import IndexStore, IndexUnavailable, Page
@@ -34,7 +32,9 @@ from proxy.referrers import (
     next_link,
     render_index,
 )
-from proxy.registry_client import Answer, read_capped
+from proxy.registry_client import Answer, RegistryClient, read_capped
+from proxy.tag_reader import TagIndexReader
+from proxy.tag_writer import TagIndexWriter
 from proxy.upstream import describe_native, native_from_answer
 
 log = logging.getLogger(__name__)
@@ -61,8 +61,10 @@ class ReferrersApi:
     def __init__(
         self,
         forwarder: Forwarder,
+        client: RegistryClient,
         index: IndexStore,
-        fallback: FallbackTags,
+        reader: TagIndexReader,
+        writer: TagIndexWriter | None,
         access: PullAccess,
         keep_tags: KeepTags,
         metrics: Metrics,
@@ -74,8 +76,10 @@ class ReferrersApi:
         body_timeout: float = 60.0,
     ) -> None:
         self.forwarder = forwarder
+        self.client = client
         self.index = index
-        self.fallback = fallback
+        self.reader = reader
+        self.writer = writer  # None unless the proxy keeps the tag-schema indexes
         self.access = access
         self.keep_tags = keep_tags
         self.metrics = metrics
@@ -124,7 +128,8 @@ class ReferrersApi:
             name, referrer, body, request.headers.get("Content-Type", ""), auth
         )
         await self.index.add(name, referrer)
-        await self.fallback.record(name, referrer, auth)
+        if self.writer is not None:
+            await self.writer.changed(name, referrer.subject, auth, referrer)
         log.info("recorded %s in %s as a referrer of %s", referrer.digest, name, referrer.subject)
         return self.forwarder.reply(request, answer, {"OCI-Subject": referrer.subject})
 
@@ -151,22 +156,22 @@ class ReferrersApi:
             deleted = True
         if deleted or proves_absent(answer):
             await self.index.remove(name, reference)
-        if deleted and subject is not None:
-            await self.fallback.forget(name, subject, reference, auth)
+        if deleted and subject is not None and self.writer is not None:
+            await self.writer.changed(name, subject, auth)
         return self.forwarder.reply(request, answer)
 
     async def _gone(self, name: str, digest: str, auth: str | None) -> bool:
         try:
-            answer = await self.fallback.client.get_manifest(name, digest, auth)
+            answer = await self.client.get_manifest(name, digest, auth)
         except (aiohttp.ClientError, TimeoutError, OCIError):
             return False
         return proves_absent(answer)
 
     async def _subject_of(self, name: str, digest: str, auth: str | None) -> str | None:
         """Which tag-schema index lists the manifest about to be deleted, read before it goes."""
-        if self.fallback.mode is not FallbackMode.WRITE:
+        if self.writer is None:
             return None
-        answer = await self.fallback.client.get_manifest(name, digest, auth)
+        answer = await self.client.get_manifest(name, digest, auth)
         if answer.status != 200:
             return None
         try:
@@ -208,11 +213,11 @@ class ReferrersApi:
         auth = request.headers.get("Authorization")
         try:
             if not cursor:
-                await self.fallback.refresh(name, subject, auth)
+                await self.reader.refresh(name, subject, auth)
             page = await self.index.page(name, subject, artifact_types, after, self.page_size)
         except IndexUnavailable:
-            self.fallback.index_lost()
-            listed = None if cursor else await self.fallback.without_index(name, subject, auth)
+            self.reader.index_lost()
+            listed = None if cursor else await self.reader.without_index(name, subject, auth)
             if listed is None:
                 raise
             log.warning("index down: %s %s answered from the registry's tag index", name, subject)

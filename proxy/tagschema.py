@@ -7,6 +7,7 @@ from the digest that lists its referrers. The proxy reads those indexes, and wri
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,6 +23,7 @@ from proxy.manifest import (
     within_bound,
 )
 from proxy.names import digest_error
+from proxy.referrers import render_index
 
 _NOT_TAG_CHARS = re.compile(r"[^a-zA-Z0-9._-]")
 _TAG = re.compile(r"[a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}")
@@ -134,6 +136,35 @@ def parse_tag_index(
         raise TagIndexInvalid("the tag's mediaType is not an image index")
     listed = [_referrer(subject, entry, max_annotation_bytes) for entry in document["manifests"]]
     return TagIndex(digest, listed)
+
+
+@dataclass(frozen=True, slots=True)
+class Listing:
+    descriptors: list[bytes]
+    digests: list[str]
+    left_out: int  # indexed referrers the registry's manifest limit left no room for
+
+
+def copy_listing(
+    listed: Sequence[str], indexed: Sequence[tuple[str, bytes]], max_bytes: int
+) -> Listing:
+    """What a subject's tag-schema index should list, given the digests it lists now and the
+    (digest, descriptor) pairs the proxy's index holds: what it lists and the index still holds,
+    in its order (a legacy client's entries keep their place), then the index's others in
+    arrival order, each while the rendered index stays within `max_bytes`, the registry's
+    manifest limit. Past it, newer referrers are listed by the proxy alone."""
+    descriptors = dict(indexed)
+    order = [d for d in listed if d in descriptors]
+    kept = set(order)
+    order += [digest for digest, _ in indexed if digest not in kept]
+    size = len(render_index([])) - 1  # the first descriptor needs no comma
+    chosen: list[str] = []
+    for digest in order:
+        size += len(descriptors[digest]) + 1
+        if size > max_bytes:
+            break
+        chosen.append(digest)
+    return Listing([descriptors[d] for d in chosen], chosen, len(order) - len(chosen))
 
 
 def missing_children(error_body: bytes) -> set[str]:

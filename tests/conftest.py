@@ -64,6 +64,8 @@ async def start_proxy() -> AsyncIterator[StartProxy]:
     servers: list[TestServer] = []
 
     async def start(upstream: str, **overrides: Any) -> str:
+        # Tag-schema writes behind an attach: scaled down from 1 s so tests wait less.
+        overrides.setdefault("tag_write_delay", 0.05)
         settings = replace(Settings(upstream=parse_upstream(upstream)), **overrides)
         server = TestServer(make_app(settings), host="127.0.0.1")
         await server.start_server()

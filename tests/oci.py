@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import io
+import time
 from typing import Any
 
 import aiohttp
@@ -131,18 +133,43 @@ async def listed_referrers(
 
 
 async def read_tag_index(
-    http: aiohttp.ClientSession, registry_url: str, repo: str, subject: bytes
+    http: aiohttp.ClientSession,
+    registry_url: str,
+    repo: str,
+    subject: bytes,
+    headers: dict[str, str] | None = None,
 ) -> tuple[int, list[dict[str, Any]], str | None]:
     """What the registry itself holds under the subject's tag-schema name: status, the listed
     descriptors and the index's digest."""
     async with http.get(
-        f"{registry_url}/v2/{repo}/manifests/{legacy_tag(subject)}", headers={"Accept": INDEX}
+        f"{registry_url}/v2/{repo}/manifests/{legacy_tag(subject)}",
+        headers={**(headers or {}), "Accept": INDEX},
     ) as response:
         if response.status != 200:
             return response.status, [], None
         assert response.content_type == INDEX
         body = orjson.loads(await response.read())
         return 200, body["manifests"], response.headers["Docker-Content-Digest"]
+
+
+async def settled_tag_index(
+    http: aiohttp.ClientSession,
+    registry_url: str,
+    repo: str,
+    subject: bytes,
+    digests: list[str],
+    within: float = 15.0,
+    headers: dict[str, str] | None = None,
+) -> tuple[int, list[dict[str, Any]], str | None]:
+    """The tag-schema index once it lists exactly `digests` (none: once the tag is gone), or
+    as it is after `within` seconds: the proxy writes it behind the attach."""
+    deadline = time.monotonic() + within
+    while True:
+        read = await read_tag_index(http, registry_url, repo, subject, headers)
+        listed = [d["digest"] for d in read[1]]
+        if (listed == digests and (digests or read[0] == 404)) or time.monotonic() > deadline:
+            return read
+        await asyncio.sleep(0.02)
 
 
 async def legacy_attach(

@@ -3,16 +3,22 @@
 Each referrer gets a position from one increasing counter when first recorded. Pages are cut by
 position, so a page costs O(log n + page size) and stays stable while new referrers arrive
 (they land after every existing cursor).
+
+A removed referrer leaves a tombstone under its subject for TOMBSTONE_SECONDS: a tag-schema
+listing read before the delete (by a refresh in flight, or from a copy not yet rewritten) must
+not bring it back. Only a push of the referrer itself lifts it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Protocol
 
 from proxy.manifest import Referrer
+
+TOMBSTONE_SECONDS = 86_400.0
 
 
 class IndexUnavailable(Exception):
@@ -36,10 +42,15 @@ class TagSync:
 
 class IndexStore(Protocol):
     async def add(self, repository: str, referrer: Referrer) -> None:
-        """Record `referrer` under its subject; recording it again changes nothing."""
+        """Record `referrer`, just pushed, under its subject (lifting any tombstone);
+        recording it again changes nothing."""
+
+    async def add_listed(self, repository: str, subject: str, referrers: Sequence[Referrer]) -> int:
+        """Record, in order, what a tag-schema index of `subject` lists, except the tombstoned;
+        how many were new."""
 
     async def remove(self, repository: str, digest: str) -> None:
-        """Forget the referrer with manifest `digest`, if it is one."""
+        """Forget the referrer with manifest `digest`, if it is one, and tombstone it."""
 
     async def page(
         self,

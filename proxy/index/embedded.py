@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import weakref
 from bisect import bisect_right
-from collections.abc import AsyncIterator, Collection
+from collections.abc import AsyncIterator, Collection, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
-from proxy.index.base import Page, TagSync, merge_positions
+from cachetools import TTLCache
+
+from proxy.index.base import TOMBSTONE_SECONDS, Page, TagSync, merge_positions
 from proxy.manifest import Referrer
 
 
@@ -49,6 +51,9 @@ class _Recorded:
     position: int
 
 
+_TOMBSTONES = 65_536
+
+
 class EmbeddedIndex:
     """Every method runs without awaiting, so each is atomic on the event loop."""
 
@@ -57,27 +62,44 @@ class EmbeddedIndex:
         self._subjects: dict[tuple[str, str], _Subject] = {}
         self._recorded: dict[tuple[str, str], _Recorded] = {}
         self._tag_syncs: dict[tuple[str, str], TagSync] = {}
+        # (repository, subject, digest) of removed referrers; the oldest go first past the bound.
+        self._tombstones: TTLCache[tuple[str, str, str], bool] = TTLCache(
+            maxsize=_TOMBSTONES, ttl=TOMBSTONE_SECONDS
+        )
         self._locks: weakref.WeakValueDictionary[tuple[str, str], asyncio.Lock] = (
             weakref.WeakValueDictionary()
         )
 
     async def add(self, repository: str, referrer: Referrer) -> None:
+        self._tombstones.pop((repository, referrer.subject, referrer.digest), None)
+        self._record(repository, referrer)
+
+    async def add_listed(self, repository: str, subject: str, referrers: Sequence[Referrer]) -> int:
+        added = 0
+        for referrer in referrers:
+            if (repository, subject, referrer.digest) not in self._tombstones:
+                added += self._record(repository, referrer)
+        return added
+
+    def _record(self, repository: str, referrer: Referrer) -> bool:
         key = (repository, referrer.digest)
         subject = self._subjects.setdefault((repository, referrer.subject), _Subject())
         subject.descriptors[referrer.digest] = referrer.descriptor
         if key in self._recorded:
-            return
+            return False
         self._position += 1
         subject.all.append(self._position, referrer.digest)
         if referrer.artifact_type is not None:
             run = subject.by_type.setdefault(referrer.artifact_type, _Run())
             run.append(self._position, referrer.digest)
         self._recorded[key] = _Recorded(referrer.subject, referrer.artifact_type, self._position)
+        return True
 
     async def remove(self, repository: str, digest: str) -> None:
         recorded = self._recorded.pop((repository, digest), None)
         if recorded is None:
             return
+        self._tombstones[(repository, recorded.subject, digest)] = True
         subject = self._subjects[(repository, recorded.subject)]
         subject.all.discard(recorded.position)
         if recorded.artifact_type is not None:

@@ -1,7 +1,8 @@
 """Every Redis key the index uses, built here and nowhere else.
 
 Repository names and digests never contain `|`, `{` or `}`, so `{<repository>|<digest>}` is
-unambiguous, and is also a Redis Cluster hash tag that keeps one subject's keys on one slot.
+unambiguous, and is also a Redis Cluster hash tag that keeps one subject's keys on one slot:
+every script touches the keys of one subject only.
 An artifact type may contain anything, so it only ever ends a key.
 """
 
@@ -10,8 +11,14 @@ from __future__ import annotations
 PREFIX = "orp:v1"
 
 
-def position_counter() -> str:
-    return f"{PREFIX}:position"
+def subject_positions(repository: str, subject: str) -> str:
+    """The subject's position counter (positions before it came from a global counter)."""
+    return f"{PREFIX}:{{{repository}|{subject}}}:position"
+
+
+def subject_tombstones(repository: str, subject: str) -> str:
+    """Sorted set: removed referrer digests, scored by when their tombstone expires."""
+    return f"{PREFIX}:{{{repository}|{subject}}}:gone"
 
 
 def subject_all(repository: str, subject: str) -> str:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Collection
+from collections.abc import AsyncIterator, Collection, Sequence
 from contextlib import asynccontextmanager
 
 from proxy.index.base import IndexStore, Page, TagSync
@@ -28,6 +28,10 @@ class MeasuredIndex:
     async def add(self, repository: str, referrer: Referrer) -> None:
         async with self._measure("add"):
             await self.store.add(repository, referrer)
+
+    async def add_listed(self, repository: str, subject: str, referrers: Sequence[Referrer]) -> int:
+        async with self._measure("add_listed"):
+            return await self.store.add_listed(repository, subject, referrers)
 
     async def remove(self, repository: str, digest: str) -> None:
         async with self._measure("remove"):

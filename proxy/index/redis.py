@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Collection
+import time
+from collections.abc import AsyncIterator, Collection, Sequence
 from contextlib import asynccontextmanager, suppress
 
 import redis.asyncio as aioredis
@@ -12,7 +13,7 @@ from redis.asyncio.lock import Lock
 from redis.exceptions import RedisError
 
 from proxy.index import keys
-from proxy.index.base import IndexUnavailable, Page, TagSync
+from proxy.index.base import TOMBSTONE_SECONDS, IndexUnavailable, Page, TagSync
 from proxy.manifest import Referrer
 
 log = logging.getLogger(__name__)
@@ -21,6 +22,7 @@ POOL_WAIT_SECONDS = 10.0
 # cannot outlast it; it bounds how long a crashed holder blocks the subject.
 LOCK_SECONDS = 10.0
 LOCK_WAIT_SECONDS = 10.0  # a writer waiting longer answers 503, and its client retries
+_BATCH = 500  # referrers per script call: a long listing must not stall Redis for others
 
 
 @asynccontextmanager
@@ -36,22 +38,49 @@ def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-# One server-side step: the position is taken and the referrer recorded under it atomically, so
-# no referrer can commit behind a cursor already handed out (taking it first, outside the
-# transaction, let a slow add land before a walk in progress and never be listed).
-# KEYS: position counter, descriptors, all, type, referrer record.
-# ARGV: digest, descriptor, subject, artifact type ("" for none).
+# Records referrers under one subject, every key on the subject's slot: each one's position is
+# taken and the referrer listed under it in one step, so no referrer can commit behind a cursor
+# already handed out. Positions count per subject; a subject listed under the former global
+# counter continues after its highest position, so cursors handed out before stay valid.
+# KEYS: position counter, descriptors, all, tombstones, then one type set per referrer.
+# ARGV: "1" for a push (lifts tombstones) or "0" for a listing (skips them), now, then a
+# (digest, descriptor, artifact type or "") triple per referrer. Reply: how many were new.
 _ADD = """
-redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
-if redis.call('ZSCORE', KEYS[3], ARGV[1]) then return 0 end
-local position = redis.call('INCR', KEYS[1])
-redis.call('ZADD', KEYS[3], position, ARGV[1])
-redis.call('HSET', KEYS[5], 'subject', ARGV[3])
-if ARGV[4] ~= '' then
-  redis.call('ZADD', KEYS[4], position, ARGV[1])
-  redis.call('HSET', KEYS[5], 'artifact_type', ARGV[4])
+local counter, descriptors, all, gone = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local push = ARGV[1] == '1'
+redis.call('ZREMRANGEBYSCORE', gone, '-inf', ARGV[2])
+local added = 0
+for i = 0, (#ARGV - 2) / 3 - 1 do
+  local digest, descriptor, artifact_type = ARGV[3 + 3 * i], ARGV[4 + 3 * i], ARGV[5 + 3 * i]
+  if push then redis.call('ZREM', gone, digest) end
+  if push or not redis.call('ZSCORE', gone, digest) then
+    redis.call('HSET', descriptors, digest, descriptor)
+    if not redis.call('ZSCORE', all, digest) then
+      local position = redis.call('INCR', counter)
+      if position == 1 then
+        local last = redis.call('ZRANGE', all, -1, -1, 'WITHSCORES')
+        if last[2] then
+          position = tonumber(last[2]) + 1
+          redis.call('SET', counter, position)
+        end
+      end
+      redis.call('ZADD', all, position, digest)
+      if artifact_type ~= '' then redis.call('ZADD', KEYS[5 + i], position, digest) end
+      added = added + 1
+    end
+  end
 end
-return position
+return added
+"""
+
+# Unlists a referrer and tombstones it, in one step on its subject's slot.
+# KEYS: descriptors, all, its type set, tombstones. ARGV: digest, tombstone expiry, its TTL.
+_REMOVE = """
+redis.call('ZREM', KEYS[2], ARGV[1])
+redis.call('ZREM', KEYS[3], ARGV[1])
+redis.call('HDEL', KEYS[1], ARGV[1])
+redis.call('ZADD', KEYS[4], ARGV[2], ARGV[1])
+redis.call('EXPIRE', KEYS[4], ARGV[3])
 """
 
 # One page in one round trip: each position set (one per artifact type asked for, or the set of
@@ -102,6 +131,7 @@ class RedisIndex:
     def __init__(self, client: aioredis.Redis) -> None:
         self._redis = client
         self._add = client.register_script(_ADD)
+        self._remove = client.register_script(_REMOVE)
         self._page = client.register_script(_PAGE)
 
     @classmethod
@@ -120,33 +150,66 @@ class RedisIndex:
         return cls(aioredis.Redis.from_pool(pool))
 
     async def add(self, repository: str, referrer: Referrer) -> None:
-        subject = referrer.subject
+        await self._record(repository, referrer.subject, [referrer], push=True)
+
+    async def add_listed(self, repository: str, subject: str, referrers: Sequence[Referrer]) -> int:
+        added = 0
+        for first in range(0, len(referrers), _BATCH):
+            chunk = referrers[first : first + _BATCH]
+            added += await self._record(repository, subject, chunk, push=False)
+        return added
+
+    async def _record(
+        self, repository: str, subject: str, referrers: Sequence[Referrer], *, push: bool
+    ) -> int:
+        """Each referrer's own record (its subject, for a delete by digest) is written first,
+        on its own slot: a crash before the subject's step leaves a record of nothing listed,
+        which a delete clears; the reverse would leave a listing no delete could find."""
+        args: list[str | bytes | float] = ["1" if push else "0", time.time()]
+        type_sets = []
         async with _guard("add"):
-            await self._add(
+            async with self._redis.pipeline(transaction=False) as records:
+                for referrer in referrers:
+                    records.hset(
+                        keys.referrer(repository, referrer.digest),
+                        mapping={"subject": subject, "artifact_type": referrer.artifact_type or ""},
+                    )
+                    args += [referrer.digest, referrer.descriptor, referrer.artifact_type or ""]
+                    type_sets.append(
+                        keys.subject_type(repository, subject, referrer.artifact_type or "")
+                    )
+                await records.execute()
+            added: int = await self._add(
                 keys=[
-                    keys.position_counter(),
+                    keys.subject_positions(repository, subject),
                     keys.subject_descriptors(repository, subject),
                     keys.subject_all(repository, subject),
-                    keys.subject_type(repository, subject, referrer.artifact_type or ""),
-                    keys.referrer(repository, referrer.digest),
+                    keys.subject_tombstones(repository, subject),
+                    *type_sets,
                 ],
-                args=[referrer.digest, referrer.descriptor, subject, referrer.artifact_type or ""],
+                args=args,
             )
+        return added
 
     async def remove(self, repository: str, digest: str) -> None:
+        """The record (on the referrer's slot) names the subject; the subject's change is one
+        script on the subject's slot; the record goes last."""
         record = keys.referrer(repository, digest)
         async with _guard("remove"):
             subject, artifact_type = await self._redis.hmget(record, ["subject", "artifact_type"])
             if subject is None:
                 return
             subject = _text(subject)
-            async with self._redis.pipeline(transaction=True) as tx:
-                tx.zrem(keys.subject_all(repository, subject), digest)
-                if artifact_type is not None:
-                    tx.zrem(keys.subject_type(repository, subject, _text(artifact_type)), digest)
-                tx.hdel(keys.subject_descriptors(repository, subject), digest)
-                tx.delete(record)
-                await tx.execute()
+            await self._remove(
+                keys=[
+                    keys.subject_descriptors(repository, subject),
+                    keys.subject_all(repository, subject),
+                    keys.subject_type(repository, subject, _text(artifact_type or b"")),
+                    keys.subject_tombstones(repository, subject),
+                ],
+                args=[digest, time.time() + TOMBSTONE_SECONDS, int(TOMBSTONE_SECONDS)],
+            )
+            await self._redis.delete(record)
 
     async def page(
         self,

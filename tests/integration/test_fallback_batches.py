@@ -1,4 +1,4 @@
-"""Group commit must not outlive a failure: the next attach gets a fresh write."""
+"""Tag-schema writes must not outlive a failure: the next change gets a fresh write."""
 
 from __future__ import annotations
 
@@ -9,14 +9,20 @@ import aiohttp
 import pytest
 from yarl import URL
 
-from proxy.config import FallbackMode
-from proxy.fallback import FallbackTags
 from proxy.index import EmbeddedIndex, IndexUnavailable
 from proxy.manifest import inspect_manifest
 from proxy.metrics import Metrics
 from proxy.registry_client import RegistryClient
+from proxy.tag_writer import TagIndexWriter
 from tests.harness.processes import Registry
-from tests.oci import MANIFEST, artifact_manifest, push_manifest, push_subject_image, read_tag_index
+from tests.oci import (
+    MANIFEST,
+    artifact_manifest,
+    push_manifest,
+    push_subject_image,
+    read_tag_index,
+    sha256,
+)
 
 
 class LockFailsOnce(EmbeddedIndex):
@@ -45,15 +51,17 @@ async def test_a_failed_write_does_not_poison_the_subject(
     first, second = artifact_manifest(image, annotations={"n": "1"}), artifact_manifest(image)
     for manifest in (first, second):
         assert (await push_manifest(http, registry.url, repo, manifest)).status == 201
+    index = LockFailsOnce()
     async with aiohttp.ClientSession() as session:
         client = RegistryClient(session, URL(registry.url), 4 * 1024 * 1024)
-        fallback = FallbackTags(client, LockFailsOnce(), FallbackMode.WRITE, 30.0, Metrics.create())
+        writer = TagIndexWriter(client, index, Metrics.create(), behind=False)
         referrers = [inspect_manifest(m, MANIFEST) for m in (first, second)]
         assert referrers[0] is not None
         assert referrers[1] is not None
+        await index.add(repo, referrers[0])
         with pytest.raises(IndexUnavailable):
-            await fallback.record(repo, referrers[0], None)
-        await fallback.record(repo, referrers[1], None)
-        await fallback.record(repo, referrers[0], None)
+            await writer.changed(repo, sha256(image), None)
+        await index.add(repo, referrers[1])
+        await writer.changed(repo, sha256(image), None)
     _, listed, _ = await read_tag_index(http, registry.url, repo, image)
-    assert sorted(d["digest"] for d in listed) == sorted(r.digest for r in referrers)
+    assert [d["digest"] for d in listed] == [r.digest for r in referrers]

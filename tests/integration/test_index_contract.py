@@ -12,6 +12,7 @@ from typing import Any
 import orjson
 import pytest
 import redis.asyncio as aioredis
+from redis.crc import key_slot
 
 from proxy.index import EmbeddedIndex, IndexStore, RedisIndex
 from proxy.index.base import TagSync
@@ -484,6 +485,40 @@ async def test_random_operations_match_a_simple_model(store: IndexStore, seed: i
                     assert await walk(store, repo, filters, limit, subject) == expected
 
 
+# ---- tombstones: a listing read before a delete brings nothing back ----------------------------
+
+
+async def test_listed_referrers_are_added_in_order_once(store: IndexStore) -> None:
+    listed = [referrer(n, SBOM if n % 2 else None) for n in range(1200)]
+    assert await store.add_listed(REPO, SUBJECT, listed[:700]) == 700
+    assert await store.add_listed(REPO, SUBJECT, listed) == 500
+    assert await walk(store, REPO, [], 333) == digests_of(listed)
+    assert await walk(store, REPO, [SBOM], 100) == [r.digest for r in listed if r.artifact_type]
+
+
+async def test_a_removed_referrer_stays_out_of_listings_until_pushed_again(
+    store: IndexStore,
+) -> None:
+    one, two, three = referrer(1), referrer(2), referrer(3)
+    await store.add_listed(REPO, SUBJECT, [one, two])
+    await store.remove(REPO, one.digest)
+    assert await store.add_listed(REPO, SUBJECT, [one, two, three]) == 1
+    assert await walk(store, REPO, [], 10) == [two.digest, three.digest]
+    await store.add("elsewhere", one)  # a tombstone is per repository
+    assert await walk(store, "elsewhere", [], 10) == [one.digest]
+    await store.add(REPO, one)
+    assert await walk(store, REPO, [], 10) == [two.digest, three.digest, one.digest]
+    await store.remove(REPO, one.digest)
+    await store.add(REPO, one)
+    assert await store.add_listed(REPO, SUBJECT, [one]) == 0
+    assert await walk(store, REPO, [], 10) == [two.digest, three.digest, one.digest]
+
+
+async def test_removing_what_was_never_listed_leaves_no_tombstone(store: IndexStore) -> None:
+    await store.remove(REPO, referrer(1).digest)
+    assert await store.add_listed(REPO, SUBJECT, [referrer(1)]) == 1
+
+
 # ---- tag-schema sync marker and the subject lock ----------------------------------------------
 
 
@@ -528,28 +563,84 @@ async def test_ping(store: IndexStore) -> None:
 
 
 class _CommandLog(aioredis.Redis):
-    """Records the commands the client sends, to see how `add` talks to the server."""
+    """Records the commands the client sends one by one (not the pipelined referrer records),
+    and the keys of every script call."""
 
     sent: list[str]
+    script_keys: list[list[str]]
 
     async def execute_command(self, *args: Any, **options: Any) -> Any:
         self.sent.append(str(args[0]).upper())
+        if self.sent[-1] in ("EVALSHA", "EVAL"):
+            self.script_keys.append([_text(k) for k in args[3 : 3 + int(args[2])]])
         return await super().execute_command(*args, **options)
 
 
-async def test_redis_add_is_one_atomic_server_side_step(redis_server: Redis) -> None:
-    """A position taken apart from the write that uses it lets a slow add commit behind a cursor
-    already handed out, so a walk in progress never lists it. One script call leaves no window."""
+def _text(key: Any) -> str:
+    return key.decode() if isinstance(key, bytes) else str(key)
+
+
+@pytest.fixture
+async def logged(redis_server: Redis) -> AsyncIterator[tuple[_CommandLog, RedisIndex]]:
     client = _CommandLog.from_url(redis_server.url)
-    client.sent = []
+    client.sent, client.script_keys = [], []
     await client.flushdb()
     index = RedisIndex(client)
+    yield client, index
+    await index.close()
+
+
+async def test_redis_listing_is_one_atomic_server_side_step(
+    logged: tuple[_CommandLog, RedisIndex],
+) -> None:
+    """A position taken apart from the write that uses it lets a slow add commit behind a cursor
+    already handed out, so a walk in progress never lists it. One script call leaves no window."""
+    client, index = logged
+    for n in (1, 2, 1):
+        await index.add(REPO, referrer(n, "application/x"))
+    await index.remove(REPO, referrer(2).digest)
+    assert client.sent.count("EVALSHA") + client.sent.count("EVAL") == 4, client.sent
+    assert "MULTI" not in client.sent
+    page = await index.page(REPO, SUBJECT, ["application/x"], 0, 10)
+    assert digests(page.descriptors) == [referrer(1).digest]
+
+
+async def test_redis_scripts_touch_one_cluster_slot(logged: tuple[_CommandLog, RedisIndex]) -> None:
+    """Redis Cluster refuses a script whose keys live on different slots (CROSSSLOT)."""
+    client, index = logged
+    await index.add(REPO, referrer(1, SBOM))
+    await index.add_listed(REPO, SUBJECT, [referrer(n, SIG if n % 2 else None) for n in range(9)])
+    await index.remove(REPO, referrer(1).digest)
+    await index.page(REPO, SUBJECT, [SBOM, SIG], 0, 10)
+    assert len(client.script_keys) == 4
+    for script_keys in client.script_keys:
+        assert len({key_slot(k.encode()) for k in script_keys}) == 1, script_keys
+
+
+async def test_redis_positions_continue_after_the_former_global_counter(
+    redis_server: Redis,
+) -> None:
+    """Subjects recorded before positions were counted per subject keep their order and their
+    cursors: the first new referrer comes after the highest position already listed."""
+    client = aioredis.Redis.from_url(redis_server.url)
+    await client.flushdb()
+    old = [referrer(n) for n in range(3)]
+    for position, r in zip((7, 40, 41), old, strict=True):
+        await client.zadd(f"orp:v1:{{{REPO}|{SUBJECT}}}:all", {r.digest: position})
+        await client.zadd(f"orp:v1:{{{REPO}|{SUBJECT}}}:type:{SBOM}", {r.digest: position})
+        await client.hset(f"orp:v1:{{{REPO}|{SUBJECT}}}:descriptors", r.digest, r.descriptor)
+        record = f"orp:v1:{{{REPO}|{r.digest}}}:referrer"
+        await client.hset(record, mapping={"subject": SUBJECT, "artifact_type": SBOM})
+    await client.set("orp:v1:position", 41)
+    await client.aclose()
+    index = RedisIndex.from_url(redis_server.url)
     try:
-        client.sent.clear()
-        for n in (1, 2, 1):
-            await index.add(REPO, referrer(n, "application/x"))
-        assert set(client.sent) <= {"EVALSHA", "EVAL", "SCRIPT LOAD"}, client.sent
-        page = await index.page(REPO, SUBJECT, ["application/x"], 0, 10)
-        assert digests(page.descriptors) == [referrer(1).digest, referrer(2).digest]
+        first = await index.page(REPO, SUBJECT, [], 0, 2)
+        assert first.next_after == 40
+        await index.add(REPO, referrer(3))
+        rest = await index.page(REPO, SUBJECT, [], first.next_after, 10)
+        assert digests(rest.descriptors) == [old[2].digest, referrer(3).digest]
+        await index.remove(REPO, old[0].digest)
+        assert await walk(index, REPO, [SBOM], 1) == digests_of([*old[1:], referrer(3)])
     finally:
         await index.close()

@@ -19,6 +19,7 @@ from tests.oci import (
     push_manifest,
     push_subject_image,
     read_tag_index,
+    settled_tag_index,
     sha256,
 )
 
@@ -40,9 +41,10 @@ async def test_redis_killed_reads_go_on_and_the_index_catches_up(
         sig = artifact_manifest(image, artifact_type=SIG)
         for manifest in (sbom, sig):
             assert (await push_manifest(http, proxy, repo, manifest)).status == 201
+        expected = [sha256(sbom), sha256(sig)]
+        await settled_tag_index(http, registry.url, repo, image, expected)
         redis.process.kill()
         redis.process.wait()
-    expected = [sha256(sbom), sha256(sig)]
     assert await listed_referrers(http, proxy, repo, image) == expected, "served from the tag"
     async with http.get(
         f"{proxy}/v2/{repo}/referrers/{sha256(image)}", params={"artifactType": SIG}
@@ -56,10 +58,9 @@ async def test_redis_killed_reads_go_on_and_the_index_catches_up(
         assert await listed_referrers(http, proxy, repo, image) == expected, "caught up, empty"
         assert (await push_manifest(http, proxy, repo, late)).status == 201, "the retry"
         assert await listed_referrers(http, proxy, repo, image) == [*expected, sha256(late)]
-    assert [d["digest"] for d in (await read_tag_index(http, registry.url, repo, image))[1]] == [
-        *expected,
-        sha256(late),
-    ]
+        everything = [*expected, sha256(late)]
+        _, listed, _ = await settled_tag_index(http, registry.url, repo, image, everything)
+    assert [d["digest"] for d in listed] == everything
 
 
 async def test_redis_down_in_off_mode_is_503(

@@ -26,6 +26,7 @@ from tests.oci import (
     push_manifest,
     push_subject_image,
     read_tag_index,
+    settled_tag_index,
     sha256,
 )
 
@@ -42,6 +43,14 @@ async def tag_index(
     http: aiohttp.ClientSession, registry: Registry, repo: str, subject: bytes
 ) -> tuple[int, list[str], str | None]:
     status, manifests, digest = await read_tag_index(http, registry.url, repo, subject)
+    return status, [d["digest"] for d in manifests], digest
+
+
+async def settled(
+    http: aiohttp.ClientSession, registry: Registry, repo: str, subject: bytes, digests: list[str]
+) -> tuple[int, list[str], str | None]:
+    """The tag index once the write behind an attach lists `digests` (or a timeout)."""
+    status, manifests, digest = await settled_tag_index(http, registry.url, repo, subject, digests)
     return status, [d["digest"] for d in manifests], digest
 
 
@@ -67,20 +76,34 @@ async def test_referrers_written_by_legacy_clients_are_listed(
     assert (await push_manifest(http, proxy, repo, third)).status == 201
     expected = [sha256(first), sha256(second), sha256(third)]
     assert await listed_referrers(http, proxy, repo, image) == expected
-    assert (await tag_index(http, registry, repo, image))[1] == expected
+    assert (await settled(http, registry, repo, image, expected))[1] == expected
 
 
-async def test_write_through_keeps_the_registry_index_and_deletes_superseded_ones(
-    http: aiohttp.ClientSession, proxy: str, registry: Registry, repo: str
+@pytest.mark.parametrize("keep_tags", [True, False], ids=["written-behind", "written-through"])
+async def test_the_registry_index_follows_and_superseded_ones_are_deleted(
+    http: aiohttp.ClientSession,
+    start_proxy: StartProxy,
+    registry: Registry,
+    repo: str,
+    keep_tags: bool,
 ) -> None:
+    """With keep tags off the tag-schema index is the durable record: an attach or delete is
+    answered once it is written. With keep tags on it follows behind."""
+    proxy = await start_proxy(registry.url, keep_tags=keep_tags)
+
+    async def tag_lists(digests: list[str]) -> tuple[int, list[str], str | None]:
+        if keep_tags:
+            return await settled(http, registry, repo, image, digests)
+        return await tag_index(http, registry, repo, image)
+
     image = await push_subject_image(http, proxy, repo)
     first = artifact_manifest(image, annotations={"n": "1"})
     assert (await push_manifest(http, proxy, repo, first)).status == 201
-    _, digests, old_index = await tag_index(http, registry, repo, image)
+    _, digests, old_index = await tag_lists([sha256(first)])
     assert digests == [sha256(first)]
     second = artifact_manifest(image, annotations={"n": "2"})
     assert (await push_manifest(http, proxy, repo, second)).status == 201
-    _, digests, new_index = await tag_index(http, registry, repo, image)
+    _, digests, new_index = await tag_lists([sha256(first), sha256(second)])
     assert digests == [sha256(first), sha256(second)]
     assert new_index != old_index
     async with http.get(
@@ -90,10 +113,10 @@ async def test_write_through_keeps_the_registry_index_and_deletes_superseded_one
 
     async with http.delete(f"{proxy}/v2/{repo}/manifests/{sha256(first)}") as deleted:
         assert deleted.status == 202
-    assert (await tag_index(http, registry, repo, image))[1] == [sha256(second)]
+    assert (await tag_lists([sha256(second)]))[1] == [sha256(second)]
     async with http.delete(f"{proxy}/v2/{repo}/manifests/{sha256(second)}") as deleted:
         assert deleted.status == 202
-    assert (await tag_index(http, registry, repo, image))[0] == 404, "no empty index left behind"
+    assert (await tag_lists([]))[0] == 404, "no empty index left behind"
     assert await listed_referrers(http, proxy, repo, image) == []
 
 
@@ -154,11 +177,11 @@ async def test_refresh_window_and_immediate_own_changes(
     assert await listed_referrers(http, eager, repo, image) == [sha256(first), sha256(second)]
     own = artifact_manifest(image, annotations={"via": "slow"})
     assert (await push_manifest(http, slow, repo, own)).status == 201
-    assert set(await listed_referrers(http, slow, repo, image)) == {
-        sha256(first),
-        sha256(second),
-        sha256(own),
-    }, "an attach through the proxy re-reads the tag, so it is current at once"
+    everything = [sha256(first), sha256(second), sha256(own)]
+    assert (await settled(http, registry, repo, image, everything))[1] == everything
+    assert set(await listed_referrers(http, slow, repo, image)) == set(everything), (
+        "the tag's write behind an attach re-reads it, so the index is current"
+    )
 
 
 async def test_50_concurrent_attaches_across_two_processes_sharing_redis(
@@ -231,7 +254,9 @@ async def test_tags_list_hides_tag_schema_tags_and_paginates(
     image = await push_subject_image(http, proxy, repo)
     for tag in ("b", "a", "C", "c-1", "v2.0"):
         assert (await push_manifest(http, registry.url, repo, image, tag)).status == 201
-    assert (await push_manifest(http, proxy, repo, artifact_manifest(image))).status == 201
+    referrer = artifact_manifest(image)
+    assert (await push_manifest(http, proxy, repo, referrer)).status == 201
+    assert (await settled(http, registry, repo, image, [sha256(referrer)]))[0] == 200
     status, direct = await get_json(http, f"{registry.url}/v2/{repo}/tags/list")
     assert legacy_tag(image) in direct["tags"]
     status, everything = await get_json(http, f"{proxy}/v2/{repo}/tags/list")
@@ -271,11 +296,13 @@ async def test_a_listed_referrer_deleted_behind_the_proxys_back_does_not_block_t
     kept, removed = (artifact_manifest(image, annotations={"n": str(n)}) for n in (1, 2))
     for manifest in (kept, removed):
         assert (await push_manifest(http, proxy, repo, manifest)).status == 201
+    both = [sha256(kept), sha256(removed)]
+    assert (await settled(http, registry, repo, image, both))[1] == both
     async with http.delete(f"{registry.url}/v2/{repo}/manifests/{sha256(removed)}") as deleted:
         assert deleted.status == 202
-    assert (await tag_index(http, registry, repo, image))[1] == [sha256(kept), sha256(removed)]
 
     late = artifact_manifest(image, annotations={"n": "3"})
     assert (await push_manifest(http, proxy, repo, late)).status == 201
-    assert (await tag_index(http, registry, repo, image))[1] == [sha256(kept), sha256(late)]
+    now = [sha256(kept), sha256(late)]
+    assert (await settled(http, registry, repo, image, now))[1] == now
     assert await listed_referrers(http, proxy, repo, image) == [sha256(kept), sha256(late)]
