@@ -209,6 +209,7 @@ _REINDEX_SHARED = frozenset(
         "redis-url",
         "redis-max-connections",
         "max-annotation-bytes",
+        "keep-tags",
         "upstream-ca-file",
         "upstream-insecure",
         "connect-timeout",

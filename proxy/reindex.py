@@ -2,15 +2,19 @@
 
 Walks the catalog (or the repositories named), every tag, every manifest reachable from a tag
 (index children included) and every descriptor listed by a tag-schema index, and records each
-manifest with a subject. Adding is idempotent, so a run can be repeated; `--resume` skips the
-repositories a previous run finished.
+manifest with a subject. Keep tags name their referrers, so a registry that holds no tag-schema
+index at all is rebuilt just the same. With keep tags on it is also the migration: a referrer
+found without its keep tag (pushed by a legacy client, or through a proxy before keep tags) gets
+one, so `garbage-collect --delete-untagged` keeps it. Adding is idempotent, so a run can be
+repeated; `--resume` skips the repositories a previous run finished.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
@@ -22,13 +26,15 @@ from proxy.manifest import IMAGE_INDEX, MAX_ANNOTATION_BYTES, ManifestInvalid, i
 from proxy.names import is_digest
 from proxy.registry_client import RegistryClient
 from proxy.tags_api import next_upstream_page
-from proxy.tagschema import is_tag_schema_name, keep_tag_digest
+from proxy.tagschema import is_tag_schema_name, keep_tag, keep_tag_digest
 from proxy.upstream import open_session
 
 log = logging.getLogger(__name__)
 MAX_PAGES = 10_000
 BAR_WIDTH = 24
 REINDEX_MAX_BODY = 64 * MiB  # catalog and tag lists can be far larger than a manifest
+CONCURRENCY = 16  # manifests read at once
+SHOW_EVERY = 500  # manifests between progress lines within one repository
 _CHILD_LISTS = frozenset({IMAGE_INDEX, "application/vnd.docker.distribution.manifest.list.v2+json"})
 
 
@@ -43,18 +49,23 @@ class Summary:
     referrers: int = 0
     errors: int = 0
     skipped: int = 0
+    keep_tags: int = 0
 
     def line(self) -> str:
         return (
             f"repositories {self.repositories}, manifests read {self.manifests}, referrers"
-            f" indexed {self.referrers}, errors {self.errors}, resumed past {self.skipped}"
+            f" indexed {self.referrers}, keep tags added {self.keep_tags}, errors {self.errors},"
+            f" resumed past {self.skipped}"
         )
 
 
 @dataclass
 class _Repository:
     name: str
+    position: int
+    total: int
     seen: set[str] = field(default_factory=set)
+    kept: set[str] = field(default_factory=set)  # referrer digests that have a keep tag
 
 
 class Reindexer:
@@ -66,8 +77,11 @@ class Reindexer:
         auth: str | None,
         progress: TextIO = sys.stderr,
         max_annotation_bytes: int = MAX_ANNOTATION_BYTES,
+        keep_tags: bool = False,
     ) -> None:
         self.client = client
+        self.keep_tags = keep_tags
+        self._reads = asyncio.Semaphore(CONCURRENCY)
         self.max_annotation_bytes = max_annotation_bytes
         self.index = index
         self.auth = auth
@@ -83,16 +97,17 @@ class Reindexer:
             if name in done:
                 self.summary.skipped += 1
                 continue
-            self._show(position, len(names), name)
-            await self._repository(_Repository(name))
+            repo = _Repository(name, position, len(names))
+            self._show(repo)
+            await self._repository(repo)
             self.summary.repositories += 1
             yield name
         self.progress.write("\n" if self.progress.isatty() else "")
 
-    def _show(self, position: int, total: int, name: str) -> None:
-        filled = BAR_WIDTH * position // max(total, 1)
+    def _show(self, repo: _Repository) -> None:
+        filled = BAR_WIDTH * repo.position // max(repo.total, 1)
         bar = "#" * filled + "." * (BAR_WIDTH - filled)
-        text = f"[{bar}] {position}/{total} {name}: {self.summary.line()}"
+        text = f"[{bar}] {repo.position}/{repo.total} {repo.name}: {self.summary.line()}"
         if self.progress.isatty():
             self.progress.write(f"\r\033[K{text}")
         else:
@@ -116,25 +131,44 @@ class Reindexer:
             next_path = next_upstream_page(answer.headers.get("Link"))
 
     async def _repository(self, repo: _Repository) -> None:
-        async for tag in self._pages(f"/v2/{repo.name}/tags/list", "tags"):
-            # A keep tag names its referrer: read by digest, so a referrer a tag-schema index
-            # also lists is read (and counted) once.
-            document = await self._manifest(repo, keep_tag_digest(tag) or tag)
-            if document is not None and is_tag_schema_name(tag):
-                for entry in _listed(document):
-                    await self._manifest(repo, entry)
+        tags = [tag async for tag in self._pages(f"/v2/{repo.name}/tags/list", "tags")]
+        # A keep tag names its referrer: read by digest, so a referrer a tag-schema index also
+        # lists is read (and counted) once.
+        repo.kept = {digest for digest in map(keep_tag_digest, tags) if digest is not None}
+        await self._each(repo, tags, self._tag)
+
+    async def _each(
+        self,
+        repo: _Repository,
+        references: list[str],
+        read: Callable[[_Repository, str, int], Awaitable[Any]],
+        depth: int = 0,
+    ) -> None:
+        """`read(repo, reference, depth)` for each, CONCURRENCY at a time at most."""
+        for first in range(0, len(references), CONCURRENCY):
+            chunk = references[first : first + CONCURRENCY]
+            await asyncio.gather(*(read(repo, reference, depth) for reference in chunk))
+
+    async def _tag(self, repo: _Repository, tag: str, depth: int) -> None:
+        document = await self._manifest(repo, keep_tag_digest(tag) or tag, depth)
+        if document is not None and is_tag_schema_name(tag):
+            await self._each(repo, _listed(document), self._manifest)
 
     async def _manifest(self, repo: _Repository, reference: str, depth: int = 0) -> Any:
-        """Read one manifest, record it if it has a subject, and walk an index's children."""
+        """Read one manifest, record it if it has a subject (tagging it to keep, if asked and
+        it is not yet), and walk an index's children."""
         if reference in repo.seen:
             return None
         repo.seen.add(reference)
-        answer = await self.client.get_manifest(repo.name, reference, self.auth)
+        async with self._reads:
+            answer = await self.client.get_manifest(repo.name, reference, self.auth)
         if answer.status != 200:
             log.warning("%s@%s: %d", repo.name, reference, answer.status)
             self.summary.errors += 1
             return None
         self.summary.manifests += 1
+        if self.summary.manifests % SHOW_EVERY == 0:
+            self._show(repo)
         repo.seen.add(answer.content_digest)
         content_type = answer.headers.get("Content-Type", "")
         algorithm = reference.partition(":")[0] if is_digest(reference) else "sha256"
@@ -150,14 +184,27 @@ class Reindexer:
             if self.index is not None:
                 await self.index.add(repo.name, referrer)
             self.summary.referrers += 1
+            if self.keep_tags and referrer.digest not in repo.kept:
+                await self._keep(repo, referrer.digest, answer.body, content_type)
         try:
             document = orjson.loads(answer.body)
         except orjson.JSONDecodeError:
             return None
         if content_type.split(";")[0].strip() in _CHILD_LISTS and depth < 4:
-            for child in _listed(document):
-                await self._manifest(repo, child, depth + 1)
+            await self._each(repo, _listed(document), self._manifest, depth + 1)
         return document
+
+    async def _keep(self, repo: _Repository, digest: str, body: bytes, media_type: str) -> None:
+        """The same bytes under the referrer's keep tag: the same digest, now tagged."""
+        tag = keep_tag(digest)
+        async with self._reads:
+            put = await self.client.put_manifest(repo.name, tag, body, media_type, self.auth)
+        if put.status != 201:
+            log.warning("%s: keep tag %s refused (%d)", repo.name, tag, put.status)
+            self.summary.errors += 1
+            return
+        repo.kept.add(digest)
+        self.summary.keep_tags += 1
 
 
 def _listed(document: Any) -> list[str]:
@@ -185,11 +232,18 @@ async def reindex(
     to `marks` (the checkpoint a later `--resume` reads)."""
     index = open_index(settings) if settings.redis_url else None
     if index is None:
-        log.warning("no --redis-url: nothing is recorded, this run only counts")
+        log.warning(
+            "no --redis-url: no index is rebuilt; missing keep tags are still added"
+            " (--keep-tags false to only count)"
+        )
     async with open_session(settings) as session:
         client = RegistryClient(session, settings.upstream, max_body=REINDEX_MAX_BODY)
         walker = Reindexer(
-            client, index, auth=auth, max_annotation_bytes=settings.max_annotation_bytes
+            client,
+            index,
+            auth=auth,
+            max_annotation_bytes=settings.max_annotation_bytes,
+            keep_tags=settings.keep_tags,
         )
         try:
             async for name in walker.run(repositories, done):

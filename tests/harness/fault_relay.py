@@ -34,6 +34,7 @@ class FaultRelay:
     target: str
     rules: list[Rule] = field(default_factory=list)
     delays: list[tuple[Callable[[web.Request], bool], float]] = field(default_factory=list)
+    holds: list[tuple[Callable[[web.Request], bool], float]] = field(default_factory=list)
     seen: list[str] = field(default_factory=list)
 
     def answer(self, matches: Callable[[web.Request], bool], canned: Canned) -> None:
@@ -43,9 +44,15 @@ class FaultRelay:
         """Pass matching requests on only after `seconds`, like a registry under load."""
         self.delays.append((matches, seconds))
 
+    def hold(self, matches: Callable[[web.Request], bool], seconds: float) -> None:
+        """Ask the registry at once but give its answer only after `seconds`: a reply that is
+        stale by the time it arrives."""
+        self.holds.append((matches, seconds))
+
     def clear(self) -> None:
         self.rules.clear()
         self.delays.clear()
+        self.holds.clear()
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         self.seen.append(f"{request.method} {request.raw_path}")
@@ -69,7 +76,10 @@ class FaultRelay:
         ):
             data = await upstream.read()
             kept = {k: v for k, v in upstream.headers.items() if k.lower() not in HOP_BY_HOP}
-            return web.Response(status=upstream.status, body=data, headers=kept)
+        for matches, seconds in self.holds:
+            if matches(request):
+                await asyncio.sleep(seconds)
+        return web.Response(status=upstream.status, body=data, headers=kept)
 
 
 @asynccontextmanager

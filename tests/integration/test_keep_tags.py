@@ -12,17 +12,23 @@ import oras.client
 import oras.oci
 import orjson
 import pytest
+import redis.asyncio as aioredis
 from yarl import URL
 
+from proxy.config import FallbackMode
 from tests.conftest import StartProxy
-from tests.harness.processes import REGISTRY_BIN, Registry, free_port, running_registry
+from tests.harness.processes import REGISTRY_BIN, Redis, Registry, free_port, running_registry
+from tests.integration.test_reindex import run_reindex
 from tests.oci import (
     INDEX,
     MANIFEST,
     artifact_manifest,
+    legacy_attach,
+    legacy_tag,
     listed_referrers,
     push_manifest,
     push_subject_image,
+    read_tag_index,
     sha256,
 )
 
@@ -122,3 +128,64 @@ async def oras_attach(proxy: str, repo: str, image: bytes, workdir: Path) -> str
         return bytes(response.request.body)
 
     return sha256(await asyncio.to_thread(push))
+
+
+async def collect_garbage(config: Path) -> None:
+    done = await asyncio.to_thread(
+        subprocess.run,
+        [REGISTRY_BIN, "garbage-collect", "--delete-untagged", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+
+
+async def test_reindex_migrates_a_registry_to_keep_tags_and_rebuilds_without_tag_indexes(
+    http: aiohttp.ClientSession,
+    start_proxy: StartProxy,
+    redis_server: Redis,
+    tmp_path: Path,
+    repo: str,
+) -> None:
+    """Referrers a legacy client attached (or a proxy before keep tags) have no keep tag: GC
+    would take them. `reindex` adds the missing ones (idempotently); after GC, with every
+    tag-schema index deleted and Redis wiped, `reindex` rebuilds the index from keep tags alone."""
+    port = free_port()
+    with running_registry(tmp_path, port=port) as registry:
+        image = await push_subject_image(http, registry.url, repo)
+        legacy = [await legacy_attach(http, registry.url, repo, image, n) for n in range(3)]
+        signature = artifact_manifest(legacy[0], artifact_type="application/vnd.example.sig")
+        assert (await push_manifest(http, registry.url, repo, signature, "sig")).status == 201
+        assert not [t for t in await tags(http, registry.url, repo) if t.startswith(KEEP)]
+        args = ("--upstream", registry.url, "--repository", repo)
+        code, out, err = await run_reindex(*args)
+        assert code == 0, err
+        assert "keep tags added 4," in out
+        code, out, err = await run_reindex(*args)
+        assert (code, "keep tags added 0," in out) == (0, True)
+        _, _, tag_index = await read_tag_index(http, registry.url, repo, image)
+        async with http.delete(f"{registry.url}/v2/{repo}/manifests/{tag_index}") as deleted:
+            assert deleted.status == 202, "no tag-schema index left"
+        async with http.delete(f"{registry.url}/v2/{repo}/manifests/{sha256(signature)}") as gone:
+            assert gone.status == 202, "its tag goes with it"
+        assert legacy_tag(image) not in await tags(http, registry.url, repo)
+    await collect_garbage(tmp_path / "config.yml")
+    with running_registry(tmp_path, port=port) as registry:
+        for manifest in legacy:
+            assert await manifest_status(http, registry.url, repo, sha256(manifest)) == 200
+        client = aioredis.Redis.from_url(redis_server.url)
+        await client.flushdb()
+        await client.aclose()
+        code, out, err = await run_reindex(
+            "--upstream", registry.url, "--repository", repo, "--redis-url", redis_server.url
+        )
+        assert code == 0, err
+        assert "referrers indexed 3," in out
+        fresh = await start_proxy(
+            registry.url, redis_url=redis_server.url, fallback_tags=FallbackMode.OFF
+        )
+        assert sorted(await listed_referrers(http, fresh, repo, image)) == sorted(
+            sha256(m) for m in legacy
+        )
+        assert await listed_referrers(http, fresh, repo, legacy[0]) == []

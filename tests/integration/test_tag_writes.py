@@ -1,0 +1,228 @@
+"""The registry's tag-schema index behind attaches (keep tags on, Redis index): attaches do not
+wait for it and share its writes; a busy registry is retried, a refusal is not; a long list is
+capped under the registry's manifest limit and never fails an attach; a listing read before a
+delete brings nothing back."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import Callable
+
+import aiohttp
+import orjson
+import pytest
+import redis.asyncio as aioredis
+from aiohttp import web
+
+from proxy import tag_writer
+from tests.conftest import StartProxy
+from tests.harness.fault_relay import Canned, running_relay
+from tests.harness.processes import Redis, Registry
+from tests.integration.test_operations import Moved, scrape, value
+from tests.integration.test_reindex import run_reindex
+from tests.oci import (
+    artifact_manifest,
+    legacy_attach,
+    legacy_tag,
+    listed_referrers,
+    push_manifest,
+    push_subject_image,
+    read_tag_index,
+    settled_tag_index,
+    sha256,
+)
+
+
+def tag_request(method: str, subject: bytes) -> Callable[[web.Request], bool]:
+    tag = legacy_tag(subject)
+    return lambda r: r.method == method and r.path.endswith(f"/manifests/{tag}")
+
+
+def first(n: int, matches: Callable[[web.Request], bool]) -> Callable[[web.Request], bool]:
+    """Matches the first `n` requests that `matches` does."""
+    counter = itertools.count()
+    return lambda r: matches(r) and next(counter) < n
+
+
+async def attach(http: aiohttp.ClientSession, proxy: str, repo: str, manifest: bytes) -> str:
+    assert (await push_manifest(http, proxy, repo, manifest)).status == 201
+    return sha256(manifest)
+
+
+async def test_attaches_do_not_wait_for_the_tag_and_share_its_writes(
+    http: aiohttp.ClientSession,
+    start_proxy: StartProxy,
+    registry: Registry,
+    redis_server: Redis,
+    repo: str,
+) -> None:
+    image = await push_subject_image(http, registry.url, repo)
+    async with running_relay(registry.url) as (relay, url):
+        relay.delay(tag_request("PUT", image), 3.0)
+        proxy = await start_proxy(url, redis_url=redis_server.url, tag_write_delay=0.2)
+        manifests = [artifact_manifest(image, annotations={"n": str(n)}) for n in range(30)]
+        attached = await asyncio.gather(*(attach(http, proxy, repo, m) for m in manifests))
+        assert (await read_tag_index(http, registry.url, repo, image))[0] == 404, (
+            "every attach was answered before the tag's first write could land"
+        )
+        arrived = await listed_referrers(http, proxy, repo, image)
+        assert sorted(arrived) == sorted(attached)
+        _, listed, _ = await settled_tag_index(http, registry.url, repo, image, arrived)
+        assert [d["digest"] for d in listed] == arrived, "in the order they arrived"
+        puts = [seen for seen in relay.seen if seen.startswith("PUT") and legacy_tag(image) in seen]
+        assert 1 <= len(puts) <= 3, f"30 attaches, {len(puts)} writes of the tag"
+
+
+async def test_a_busy_registry_is_retried_and_a_refusal_is_not(
+    http: aiohttp.ClientSession,
+    start_proxy: StartProxy,
+    registry: Registry,
+    redis_server: Redis,
+    repo: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(tag_writer, "RETRY_SECONDS", (0.3,) * 4)
+    image = await push_subject_image(http, registry.url, repo)
+    async with running_relay(registry.url) as (relay, url):
+        relay.answer(first(2, tag_request("PUT", image)), Canned(503))
+        proxy = await start_proxy(url, redis_url=redis_server.url)
+        before = await scrape(http, proxy)
+        sbom = await attach(http, proxy, repo, artifact_manifest(image))
+        assert (await settled_tag_index(http, registry.url, repo, image, [sbom]))[0] == 200
+        retried = Moved(before, await scrape(http, proxy))
+        assert retried("tag_writes_total", result="retried") == 2
+        assert retried("tag_writes_total", result="written") == 1
+
+        relay.answer(tag_request("PUT", image), Canned(403))
+        late = await attach(http, proxy, repo, artifact_manifest(image, annotations={"n": "2"}))
+        for _ in range(200):
+            refused = Moved(retried.after, await scrape(http, proxy))
+            if refused("tag_writes_total", result="refused"):
+                break
+            await asyncio.sleep(0.02)
+        assert refused("tag_writes_total", result="refused") == 1
+        assert refused("tag_writes_total", result="retried") == 0, "a refusal is final"
+        assert [d["digest"] for d in (await read_tag_index(http, url, repo, image))[1]] == [sbom]
+        assert await listed_referrers(http, proxy, repo, image) == [sbom, late], (
+            "the proxy lists it all the same"
+        )
+        relay.clear()
+        third = await attach(http, proxy, repo, artifact_manifest(image, annotations={"n": "3"}))
+        everything = [sbom, late, third]
+        _, listed, _ = await settled_tag_index(http, registry.url, repo, image, everything)
+        assert [d["digest"] for d in listed] == everything, "the next change writes it all"
+
+
+async def test_readiness_notes_failing_tag_writes(
+    http: aiohttp.ClientSession,
+    start_proxy: StartProxy,
+    registry: Registry,
+    redis_server: Redis,
+    repo: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(tag_writer, "RETRY_SECONDS", (0.2,) * 50)
+    image = await push_subject_image(http, registry.url, repo)
+    async with running_relay(registry.url) as (relay, url):
+        relay.answer(tag_request("PUT", image), Canned(503))
+        proxy = await start_proxy(url, redis_url=redis_server.url)
+        await attach(http, proxy, repo, artifact_manifest(image))
+        for _ in range(200):
+            async with http.get(f"{proxy}/readyz") as response:
+                ready = (response.status, orjson.loads(await response.read()))
+            if ready[1]["notes"]["tag_writes"] != "ok":
+                break
+            await asyncio.sleep(0.02)
+        assert ready[0] == 200, "pulls and referrers still work: no reason to leave service"
+        assert ready[1]["notes"] == {"tag_writes": "failing for 1 subjects, retrying"}
+        assert value(await scrape(http, proxy), "tag_writes_failing") == 1
+
+
+@pytest.mark.parametrize("redis", [True, False], ids=["written-behind", "written-through"])
+async def test_a_long_list_is_capped_and_attaches_never_fail(
+    http: aiohttp.ClientSession,
+    start_proxy: StartProxy,
+    registry: Registry,
+    redis_server: Redis,
+    repo: str,
+    redis: bool,
+) -> None:
+    """Was: an index near the registry's 4 MiB limit made every further attach answer 502.
+    Scaled down: a 2 KiB cap, referrers of about 330 bytes each."""
+    redis_url = redis_server.url if redis else None
+    proxy = await start_proxy(registry.url, redis_url=redis_url, tag_index_max_bytes=2048)
+    image = await push_subject_image(http, proxy, repo)
+    before = await scrape(http, proxy)
+    attached = [
+        await attach(http, proxy, repo, artifact_manifest(image, annotations={"n": f"{n:0100d}"}))
+        for n in range(12)
+    ]
+    assert await listed_referrers(http, proxy, repo, image) == attached
+    for _ in range(500):
+        status, listed, _ = await read_tag_index(http, registry.url, repo, image)
+        left_out = Moved(before, await scrape(http, proxy))("tag_index_left_out_total")
+        if len(listed) > 1 and left_out >= len(attached) - len(listed):
+            break
+        await asyncio.sleep(0.02)
+    digests = [d["digest"] for d in listed]
+    assert 1 < len(digests) < len(attached)
+    assert digests == attached[: len(digests)], "the oldest keep their place"
+    assert left_out >= len(attached) - len(digests)
+    async with http.get(
+        f"{registry.url}/v2/{repo}/manifests/{legacy_tag(image)}",
+        headers={"Accept": "application/vnd.oci.image.index.v1+json"},
+    ) as response:
+        assert len(await response.read()) <= 2048
+
+    wiped = aioredis.Redis.from_url(redis_server.url)
+    await wiped.flushdb()
+    await wiped.aclose()
+    code, out, err = await run_reindex(
+        "--upstream", registry.url, "--repository", repo, "--redis-url", redis_server.url
+    )
+    assert code == 0, err
+    fresh = await start_proxy(registry.url, redis_url=redis_server.url)
+    assert sorted(await listed_referrers(http, fresh, repo, image)) == sorted(attached), (
+        "keep tags find what the tag-schema index had no room for"
+    )
+
+
+async def test_a_refresh_read_before_a_delete_brings_nothing_back(
+    http: aiohttp.ClientSession,
+    start_proxy: StartProxy,
+    registry: Registry,
+    redis_server: Redis,
+    repo: str,
+) -> None:
+    """Two replicas sharing Redis: one revalidates the subject's tag (its answer arriving late,
+    so stale), while the other deletes a listed referrer and rewrites the tag. The stale listing
+    must not put the deleted referrer back, in the index or the registry's copy."""
+    writer = await start_proxy(registry.url, redis_url=redis_server.url)
+    image = await push_subject_image(http, writer, repo)
+    kept, deleted = (artifact_manifest(image, annotations={"n": str(n)}) for n in (1, 2))
+    both = [await attach(http, writer, repo, m) for m in (kept, deleted)]
+    assert (await settled_tag_index(http, registry.url, repo, image, both))[0] == 200
+    # A legacy client appends to the tag: the replicas' last sync marker no longer matches it,
+    # so the next revalidation reads the whole list.
+    legacy = sha256(await legacy_attach(http, registry.url, repo, image, 3))
+    now = [sha256(kept), legacy]
+    async with running_relay(registry.url) as (relay, url):
+        relay.hold(tag_request("GET", image), 1.5)
+        reader = await start_proxy(url, redis_url=redis_server.url, fallback_refresh=0.001)
+        stale_read = asyncio.create_task(listed_referrers(http, reader, repo, image))
+        for _ in range(500):
+            if any(legacy_tag(image) in seen for seen in relay.seen):
+                break
+            await asyncio.sleep(0.01)
+        async with http.delete(f"{writer}/v2/{repo}/manifests/{sha256(deleted)}") as response:
+            assert response.status == 202
+        assert not stale_read.done(), "the stale answer is still on its way"
+        _, listed, _ = await settled_tag_index(http, registry.url, repo, image, now)
+        assert [d["digest"] for d in listed] == now
+        assert await stale_read == now
+        relay.clear()
+        assert await listed_referrers(http, reader, repo, image) == now
+    assert await listed_referrers(http, writer, repo, image) == now
+    _, listed, _ = await settled_tag_index(http, registry.url, repo, image, now)
+    assert [d["digest"] for d in listed] == now
