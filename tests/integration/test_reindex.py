@@ -35,13 +35,15 @@ def own_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]
         yield started
 
 
-async def run_reindex(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
+async def run_reindex(
+    *args: str, env: dict[str, str] | None = None, seconds: float = 120
+) -> tuple[int, str, str]:
     done = await asyncio.to_thread(
         subprocess.run,
         [sys.executable, "-m", "proxy", "reindex", *args],
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=seconds,
         env={**os.environ, **(env or {})},
     )
     return done.returncode, done.stdout, done.stderr
