@@ -91,9 +91,10 @@ test: lint test-system-deps container-deps
 SOAK_SECONDS ?= 120
 SOAK_CONNECTIONS ?= 300
 SOAK_KEEP ?= 40
+SOAK_REPOS ?= 8
 soak: $(VENV)/.test-installed test-system-deps
 	$(BIN)/python -m bench.soak --seconds $(SOAK_SECONDS) --connections $(SOAK_CONNECTIONS) \
-	  --keep $(SOAK_KEEP)
+	  --keep $(SOAK_KEEP) --repos $(SOAK_REPOS)
 
 # Each scenario direct and through the proxy, interleaved over rounds; a table of medians and
 # ratios, JSON in bench/results/latest.json. BENCH_ARGS="--quick" for a smoke, "--only blobs" etc.

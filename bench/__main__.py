@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import attach, blobs, manifests, referrers, reindex
+from bench import attach, blobs, large, manifests, referrers, reindex
 from bench.report import Row, table, write_json
 from bench.stack import Plan, Stack
 
@@ -26,6 +26,7 @@ SCENARIOS: dict[str, Scenario] = {
     manifests.SCENARIO: manifests.run,
     referrers.SCENARIO: referrers.run,
     attach.SCENARIO: attach.run,
+    large.SCENARIO: large.run,
     reindex.SCENARIO: reindex.run,
 }
 DEFAULT_JSON = Path(__file__).parent / "results" / "latest.json"

@@ -4,6 +4,7 @@ clients do on a registry without the API (read the tag, add, write back, no lock
 
 from __future__ import annotations
 
+import asyncio
 import statistics
 import time
 from collections.abc import Awaitable, Callable
@@ -11,10 +12,12 @@ from collections.abc import Awaitable, Callable
 import aiohttp
 import orjson
 
-from bench.content import bounded, referrer, referrer_pages, session
+from bench.content import referrer, referrer_pages, session
 from bench.report import Row, Target
+from bench.soak import TAG_SETTLE
 from bench.stack import Plan, Stack
 from bench.stats import Samples
+from tests.harness.large_subject import bounded
 from tests.oci import INDEX, MANIFEST, descriptor, legacy_tag, push_manifest, push_subject_image
 from tests.oci import sha256 as digest_of
 
@@ -47,6 +50,19 @@ async def _listed(
         if listed is not None:
             return {str(d["digest"]) for d in listed}
     raise RuntimeError(f"{repo}: the registry would not return the tag-schema index")
+
+
+async def _settled(
+    http: aiohttp.ClientSession, registry: str, repo: str, subject: bytes, pushed: set[str]
+) -> set[str]:
+    """What the tag index lists once the proxy's writes behind the attaches have landed (or
+    after TAG_SETTLE seconds)."""
+    deadline = time.monotonic() + TAG_SETTLE
+    while True:
+        listed = await _listed(http, registry, repo, subject)
+        if pushed <= listed or time.monotonic() > deadline:
+            return listed
+        await asyncio.sleep(0.05)
 
 
 async def _client_side(
@@ -123,8 +139,8 @@ async def run(stack: Stack, plan: Plan) -> list[Row]:
             seconds, missing = await _through_proxy(http, proxy.url, repo, subject, plan)
             rates["proxy"].append(plan.attaches / seconds)
             lost["proxy"].append(missing)
-            in_tag = await _listed(http, registry, repo, subject)
             pushed = {digest_of(referrer(subject, i)) for i in range(plan.attaches)}
+            in_tag = await _settled(http, registry, repo, subject, pushed)
             lost_upstream.append(len(pushed - in_tag))
     what = f"{plan.attaches} referrers at {plan.attach_concurrency} concurrent"
     return [

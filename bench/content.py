@@ -3,7 +3,6 @@ concurrently, and referrers lists walked page by page."""
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
@@ -14,6 +13,7 @@ import orjson
 from yarl import URL
 
 from bench.procfs import MiB
+from tests.harness.large_subject import bounded
 from tests.oci import artifact_manifest, push_manifest, sha256
 
 MAX_PAGES = 100_000
@@ -69,17 +69,6 @@ async def push_big_blob(http: aiohttp.ClientSession, base: str, repo: str, size:
         if done.status != 201:
             raise RuntimeError(f"blob commit failed: {done.status} {await done.text()}")
     return blob
-
-
-async def bounded(concurrency: int, jobs: Iterable[Callable[[], Awaitable[None]]]) -> None:
-    """Run `jobs`, at most `concurrency` at a time."""
-    gate = asyncio.Semaphore(concurrency)
-
-    async def one(job: Callable[[], Awaitable[None]]) -> None:
-        async with gate:
-            await job()
-
-    await asyncio.gather(*(one(job) for job in jobs))
 
 
 def referrer(subject: bytes, n: int) -> bytes:

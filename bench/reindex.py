@@ -18,7 +18,9 @@ from tests.oci import push_subject_image
 
 SCENARIO = "reindex"
 FRESH_DB = 15  # the proxies use database 0
-_SUMMARY = re.compile(r"manifests read (\d+), referrers indexed (\d+), errors (\d+)")
+_SUMMARY = re.compile(
+    r"manifests read (\d+), referrers indexed (\d+), keep tags added \d+, errors (\d+)"
+)
 
 
 async def run(stack: Stack, plan: Plan) -> list[Row]:

@@ -34,6 +34,7 @@ class Plan:
     attach_concurrency: int
     reindex_repos: int
     reindex_referrers: int  # per repository
+    large_referrers: int  # the long list an attach is timed against
     setup_concurrency: int = 50
 
     @classmethod
@@ -50,6 +51,7 @@ class Plan:
             attach_concurrency=50,
             reindex_repos=10,
             reindex_referrers=200,
+            large_referrers=20_000,
         )
 
     @classmethod
@@ -66,6 +68,7 @@ class Plan:
             attach_concurrency=10,
             reindex_repos=2,
             reindex_referrers=5,
+            large_referrers=1_000,
         )
 
 

@@ -20,6 +20,7 @@ PAD = 200  # annotation bytes per legacy referrer, so ~10,000 of them fill the l
 
 
 async def bounded(concurrency: int, jobs: Iterable[Callable[[], Awaitable[None]]]) -> None:
+    """Run `jobs`, at most `concurrency` at a time."""
     gate = asyncio.Semaphore(concurrency)
 
     async def one(job: Callable[[], Awaitable[None]]) -> None:
@@ -65,9 +66,10 @@ async def seed_legacy_index(
     subject: bytes,
     fill: float = 0.99,
     concurrency: int = 32,
+    most: int | None = None,
 ) -> LegacySeed:
     """Referrers pushed straight to the registry and a tag-schema index listing as many as fit
-    in `fill` of the 4 MiB limit, as a legacy client leaves them."""
+    in `fill` of the 4 MiB limit (or `most`), as a legacy client leaves them."""
     started = time.monotonic()
     head = len(orjson.dumps({"schemaVersion": 2, "mediaType": INDEX, "manifests": []}))
     bodies: list[bytes] = []
@@ -76,7 +78,7 @@ async def seed_legacy_index(
     while True:
         body, entry = legacy_referrer(subject, len(bodies))
         size += len(orjson.dumps(entry)) + 1
-        if size > fill * TAG_INDEX_LIMIT:
+        if size > fill * TAG_INDEX_LIMIT or len(bodies) == most:
             break
         bodies.append(body)
         listed.append(entry)

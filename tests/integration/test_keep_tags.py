@@ -87,15 +87,7 @@ async def test_every_referrer_survives_garbage_collection(
         untagged = artifact_manifest(b'{"no":"subject"}', annotations={"control": "untagged"})
         untagged = untagged.replace(b',"subject"', b',"unrelated"')
         assert (await push_manifest(http, registry.url, repo, untagged)).status == 201
-    config = tmp_path / "config.yml"
-    done = await asyncio.to_thread(
-        subprocess.run,
-        [REGISTRY_BIN, "garbage-collect", "--delete-untagged", str(config)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert done.returncode == 0, done.stderr
+    await collect_garbage(tmp_path / "config.yml")
     with running_registry(tmp_path, port=port) as registry:
         assert await manifest_status(http, registry.url, repo, sha256(untagged)) == 404, (
             "control: GC did delete an untagged manifest"

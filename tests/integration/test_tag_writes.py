@@ -8,6 +8,8 @@ from __future__ import annotations
 import asyncio
 import itertools
 from collections.abc import Callable
+from contextlib import ExitStack
+from pathlib import Path
 
 import aiohttp
 import orjson
@@ -18,7 +20,7 @@ from aiohttp import web
 from proxy import tag_writer
 from tests.conftest import StartProxy
 from tests.harness.fault_relay import Canned, running_relay
-from tests.harness.processes import Redis, Registry
+from tests.harness.processes import Redis, Registry, running_proxy
 from tests.integration.test_operations import Moved, scrape, value
 from tests.integration.test_reindex import run_reindex
 from tests.oci import (
@@ -189,40 +191,45 @@ async def test_a_long_list_is_capped_and_attaches_never_fail(
 
 
 async def test_a_refresh_read_before_a_delete_brings_nothing_back(
-    http: aiohttp.ClientSession,
-    start_proxy: StartProxy,
-    registry: Registry,
-    redis_server: Redis,
-    repo: str,
+    http: aiohttp.ClientSession, registry: Registry, redis_server: Redis, tmp_path: Path
 ) -> None:
-    """Two replicas sharing Redis: one revalidates the subject's tag (its answer arriving late,
-    so stale), while the other deletes a listed referrer and rewrites the tag. The stale listing
-    must not put the deleted referrer back, in the index or the registry's copy."""
-    writer = await start_proxy(registry.url, redis_url=redis_server.url)
-    image = await push_subject_image(http, writer, repo)
-    kept, deleted = (artifact_manifest(image, annotations={"n": str(n)}) for n in (1, 2))
-    both = [await attach(http, writer, repo, m) for m in (kept, deleted)]
-    assert (await settled_tag_index(http, registry.url, repo, image, both))[0] == 200
-    # A legacy client appends to the tag: the replicas' last sync marker no longer matches it,
-    # so the next revalidation reads the whole list.
-    legacy = sha256(await legacy_attach(http, registry.url, repo, image, 3))
-    now = [sha256(kept), legacy]
-    async with running_relay(registry.url) as (relay, url):
-        relay.hold(tag_request("GET", image), 1.5)
-        reader = await start_proxy(url, redis_url=redis_server.url, fallback_refresh=0.001)
-        stale_read = asyncio.create_task(listed_referrers(http, reader, repo, image))
-        for _ in range(500):
-            if any(legacy_tag(image) in seen for seen in relay.seen):
-                break
-            await asyncio.sleep(0.01)
-        async with http.delete(f"{writer}/v2/{repo}/manifests/{sha256(deleted)}") as response:
-            assert response.status == 202
-        assert not stale_read.done(), "the stale answer is still on its way"
-        _, listed, _ = await settled_tag_index(http, registry.url, repo, image, now)
-        assert [d["digest"] for d in listed] == now
-        assert await stale_read == now
-        relay.clear()
-        assert await listed_referrers(http, reader, repo, image) == now
-    assert await listed_referrers(http, writer, repo, image) == now
+    """Two proxy processes sharing Redis: one revalidates the subject's tag (its answer arriving
+    late, so stale), while the other deletes a listed referrer and rewrites the tag. The stale
+    listing must not put the deleted referrer back, in the index or the registry's copy."""
+    repo = f"t/stale-refresh-{tmp_path.name[-8:]}"
+    shared = ("--redis-url", redis_server.url)
+    with running_proxy(tmp_path / "writer", registry.url, *shared) as writing:
+        writer = writing.url
+        image = await push_subject_image(http, writer, repo)
+        kept, deleted = (artifact_manifest(image, annotations={"n": str(n)}) for n in (1, 2))
+        both = [await attach(http, writer, repo, m) for m in (kept, deleted)]
+        assert (await settled_tag_index(http, registry.url, repo, image, both))[0] == 200
+        # A legacy client appends to the tag: the replicas' last sync marker no longer matches
+        # it, so the next revalidation reads the whole list.
+        legacy = sha256(await legacy_attach(http, registry.url, repo, image, 3))
+        now = [sha256(kept), legacy]
+        async with running_relay(registry.url) as (relay, url):
+            relay.hold(tag_request("GET", image), 1.5)
+            # The relay serves on this event loop: start and stop the process off it.
+            with ExitStack() as exits:
+                reading = await asyncio.to_thread(
+                    exits.enter_context,
+                    running_proxy(tmp_path / "reader", url, *shared, "--fallback-refresh", "0.001"),
+                )
+                stale_read = asyncio.create_task(listed_referrers(http, reading.url, repo, image))
+                for _ in range(500):
+                    if any(legacy_tag(image) in seen for seen in relay.seen):
+                        break
+                    await asyncio.sleep(0.01)
+                async with http.delete(f"{writer}/v2/{repo}/manifests/{sha256(deleted)}") as gone:
+                    assert gone.status == 202
+                assert not stale_read.done(), "the stale answer is still on its way"
+                _, listed, _ = await settled_tag_index(http, registry.url, repo, image, now)
+                assert [d["digest"] for d in listed] == now
+                assert await stale_read == now
+                relay.clear()
+                assert await listed_referrers(http, reading.url, repo, image) == now
+                await asyncio.to_thread(exits.close)
+        assert await listed_referrers(http, writer, repo, image) == now
     _, listed, _ = await settled_tag_index(http, registry.url, repo, image, now)
     assert [d["digest"] for d in listed] == now
