@@ -68,11 +68,12 @@ class Forwarder:
 
     @asynccontextmanager
     async def open(
-        self, request: web.Request, body: bytes | None = None
+        self, request: web.Request, body: bytes | None = None, target: str | None = None
     ) -> AsyncIterator[aiohttp.ClientResponse]:
-        """Send `request` upstream; with no `body` given, its own body streams through, and is
-        cut with 408 when it arrives below the minimum rate. A transfer counts against its
-        client's limit and takes its connection from the transfer pool."""
+        """Send `request` upstream (to `target` instead of its own path when the proxy chose
+        one); with no `body` given, its own body streams through, and is cut with 408 when it
+        arrives below the minimum rate. A transfer counts against its client's limit and takes
+        its connection from the transfer pool."""
         paced: PacedBody | None = None
         data: bytes | AsyncIterator[bytes] | aiohttp.StreamReader | None = body
         if data is None and request.body_exists:
@@ -90,7 +91,7 @@ class Forwarder:
         try:
             async with session.request(
                 request.method,
-                upstream_url(self.upstream, request.raw_path),
+                upstream_url(self.upstream, target or request.raw_path),
                 headers=headers,
                 data=data,
                 allow_redirects=False,
@@ -155,10 +156,12 @@ class Forwarder:
         await response.write_eof()
         return response
 
-    async def exchange(self, request: web.Request, cap: int, body: bytes | None = None) -> Answer:
+    async def exchange(
+        self, request: web.Request, cap: int, body: bytes | None = None, target: str | None = None
+    ) -> Answer:
         """Send `request` upstream and read its whole answer, releasing the connection before
         the proxy acts on it (index and tag writes make upstream calls of their own)."""
-        async with self.open(request, body) as upstream:
+        async with self.open(request, body, target) as upstream:
             data = await read_capped(
                 upstream.content,
                 upstream.content_length,

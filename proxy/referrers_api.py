@@ -8,6 +8,7 @@ import logging
 import aiohttp
 import orjson
 from aiohttp import web
+from multidict import CIMultiDict, CIMultiDictProxy
 
 from proxy.access import PullAccess, PullRefused, proves_absent
 from proxy.errors import OCIError
@@ -46,6 +47,17 @@ def _confirmed_digest(answer: Answer, ours: str) -> None:
     if theirs and theirs.partition(":")[0] == ours.partition(":")[0] and theirs != ours:
         log.error("upstream stored digest %s but the proxy hashed %s: not recorded", theirs, ours)
         raise OCIError(502, "UNAVAILABLE", "upstream digest differs from the pushed bytes")
+
+
+def _as_pushed(answer: Answer, keep: str, digest: str) -> Answer:
+    """The answer to a PUT by digest made as a PUT by the keep tag: a registry that names the
+    manifest by the tag it was put to would show the client the hidden tag."""
+    location = answer.headers.get("Location", "")
+    if keep not in location:
+        return answer
+    headers = CIMultiDict(answer.headers)
+    headers["Location"] = location.replace(keep, digest)
+    return Answer(answer.status, CIMultiDictProxy(headers), answer.body)
 
 
 def _index_answer(page: Page, name: str, subject: str, artifact_types: list[str]) -> web.Response:
@@ -119,14 +131,19 @@ class ReferrersApi:
                 self.max_annotation_bytes,
             )
             self.metrics.trimmed("put")
-        answer = await self.forwarder.exchange(request, cap, body)
+        keep = self.keep_tags.instead_of(reference, referrer) if referrer is not None else None
+        target = f"/v2/{name}/manifests/{keep}" if keep is not None else None
+        answer = await self.forwarder.exchange(request, cap, body, target)
         if referrer is None or answer.status != 201:
             return self.forwarder.reply(request, answer)
         _confirmed_digest(answer, referrer.digest)
         auth = request.headers.get("Authorization")
-        await self.keep_tags.keep(
-            name, referrer, body, request.headers.get("Content-Type", ""), auth
-        )
+        if keep is not None:
+            answer = _as_pushed(answer, keep, referrer.digest)
+        elif self.keep_tags.enabled:
+            await self.keep_tags.keep(
+                name, referrer, body, request.headers.get("Content-Type", ""), auth
+            )
         await self.index.add(name, referrer)
         if self.writer is not None:
             await self.writer.changed(name, referrer.subject, auth, referrer)

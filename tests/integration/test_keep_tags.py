@@ -17,6 +17,7 @@ from yarl import URL
 
 from proxy.config import FallbackMode
 from tests.conftest import StartProxy
+from tests.harness.fault_relay import running_relay
 from tests.harness.processes import REGISTRY_BIN, Redis, Registry, free_port, running_registry
 from tests.integration.test_reindex import run_reindex
 from tests.oci import (
@@ -181,3 +182,50 @@ async def test_reindex_migrates_a_registry_to_keep_tags_and_rebuilds_without_tag
             sha256(m) for m in legacy
         )
         assert await listed_referrers(http, fresh, repo, legacy[0]) == []
+
+
+async def test_a_put_by_digest_is_one_write_that_also_tags(
+    http: aiohttp.ClientSession, start_proxy: StartProxy, registry: Registry, repo: str
+) -> None:
+    """FIELD-NOTES style pin: Distribution 2.8 answers a manifest PUT by tag with the same
+    Location (by digest) and Docker-Content-Digest as a PUT by digest, so the proxy makes a
+    referrer's PUT by digest as one PUT by its keep tag, not two PUTs. A PUT by a tag of the
+    client's, or by a digest the bytes do not have, goes as sent."""
+    image = await push_subject_image(http, registry.url, repo)
+    async with running_relay(registry.url) as (relay, url):
+        proxy = await start_proxy(url)
+        referrer = artifact_manifest(image)
+        digest = sha256(referrer)
+        async with http.put(
+            f"{proxy}/v2/{repo}/manifests/{digest}",
+            data=referrer,
+            headers={"Content-Type": MANIFEST},
+        ) as answer:
+            assert answer.status == 201
+            assert answer.headers["Docker-Content-Digest"] == digest
+            assert answer.headers["Location"] == f"{proxy}/v2/{repo}/manifests/{digest}"
+            assert answer.headers["OCI-Subject"] == sha256(image)
+        keep = f"{KEEP}{digest.replace(':', '-')}"
+
+        def puts() -> list[str]:
+            """Manifest PUTs, but for the tag-schema index's."""
+            schema = f"PUT /v2/{repo}/manifests/{legacy_tag(image)}"
+            return [seen for seen in relay.seen if seen.startswith("PUT") and seen != schema]
+
+        assert puts() == [f"PUT /v2/{repo}/manifests/{keep}"]
+        assert keep in await tags(http, registry.url, repo)
+
+        relay.seen.clear()
+        tagged = artifact_manifest(image, annotations={"n": "tagged"})
+        assert (await push_manifest(http, proxy, repo, tagged, "attestation")).status == 201
+        assert puts() == [
+            f"PUT /v2/{repo}/manifests/attestation",
+            f"PUT /v2/{repo}/manifests/{KEEP}{sha256(tagged).replace(':', '-')}",
+        ]
+        relay.seen.clear()
+        wrong = await push_manifest(
+            http, proxy, repo, artifact_manifest(image, annotations={"n": "x"}), digest
+        )
+        assert wrong.status == 400, "the registry checks the digest it was given"
+        assert puts() == [f"PUT /v2/{repo}/manifests/{digest}"]
+        assert await listed_referrers(http, proxy, repo, image) == [digest, sha256(tagged)]
