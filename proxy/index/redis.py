@@ -115,11 +115,18 @@ return reply
 """
 
 
-async def _renew(lock: Lock) -> None:
-    """Reset the lock's expiry every third of its life; stop at the first failure (the release
-    then reports it)."""
-    while True:
-        await asyncio.sleep(LOCK_SECONDS / 3)
+async def _renew(lock: Lock, done: asyncio.Event) -> None:
+    """Reset the lock's expiry every third of its life until `done`; stop at the first failure
+    (the release then reports it). It ends by the event, not by cancellation: a cancellation
+    that lands while redis-py runs the command can be lost, and the holder then waited forever
+    on a renewal that kept its lock alive (seen in the growing-list soak, reproduced with 600
+    short holds)."""
+    while not done.is_set():
+        with suppress(TimeoutError):
+            async with asyncio.timeout(LOCK_SECONDS / 3):
+                await done.wait()
+        if done.is_set():
+            return
         try:
             await lock.reacquire()
         except (RedisError, OSError) as exc:
@@ -261,13 +268,14 @@ class RedisIndex:
         async with _guard("lock"):
             if not await lock.acquire():
                 raise IndexUnavailable(f"{repository} {subject} stayed locked")
-        renewal = asyncio.create_task(_renew(lock))
+        done = asyncio.Event()
+        renewal = asyncio.create_task(_renew(lock, done))
         try:
             yield
         finally:
-            renewal.cancel()
-            with suppress(asyncio.CancelledError):
-                await renewal
+            done.set()
+            # Bounded however the renewal ends: a command in flight times out by the socket.
+            await asyncio.wait({renewal}, timeout=LOCK_SECONDS)
             async with _guard("unlock"):
                 await lock.release()
 
