@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import weakref
 from contextlib import suppress
 from dataclasses import dataclass, field
 
@@ -41,7 +42,8 @@ from proxy.tagschema import Listing, TagIndex, copy_listing, missing_children, t
 log = logging.getLogger(__name__)
 _Key = tuple[str, str, str | None]  # repository, subject, credentials
 MAX_BEHIND = 4096  # subjects written behind at once; past it, attaches wait for their write
-MAX_HELD = 1024  # referrers one pending write holds (the index has them all the same)
+MAX_WRITING = 16  # writes behind running at once: the registry serves clients first
+MAX_HELD_BYTES = 8 * 1024 * 1024  # descriptors pending writes hold (the index has them anyway)
 RETRY_SECONDS = (1.0, 2.0, 4.0, 8.0, 15.0, 30.0, 60.0, 60.0, 60.0, 60.0)  # ~5 min, then give up
 _READ_PAGE = 1000
 _LOGGED_BODY = 300
@@ -59,9 +61,9 @@ class _Write:
     added: dict[str, Referrer] = field(default_factory=dict)
     failing_since: float | None = None
 
-    def add(self, referrer: Referrer | None) -> None:
-        if referrer is not None and len(self.added) < MAX_HELD:
-            self.added[referrer.digest] = referrer
+    @property
+    def held(self) -> int:
+        return sum(len(referrer.descriptor) for referrer in self.added.values())
 
 
 class TagIndexWriter:
@@ -87,6 +89,13 @@ class TagIndexWriter:
         self._through: dict[_Key, _Write] = {}
         self._running: set[asyncio.Task[None]] = set()  # behind writes, pending or retrying
         self._now = asyncio.Event()  # set on close: no more waiting
+        self._slots = asyncio.Semaphore(MAX_WRITING)
+        self._held = 0
+        # One write of a subject at a time in this process: the next waits here, not by polling
+        # the shared lock.
+        self._local: weakref.WeakValueDictionary[tuple[str, str], asyncio.Lock] = (
+            weakref.WeakValueDictionary()
+        )
 
     async def changed(
         self, repository: str, subject: str, auth: str | None, added: Referrer | None = None
@@ -100,15 +109,21 @@ class TagIndexWriter:
             if pending is None and len(self._behind) < MAX_BEHIND:
                 pending = self._start_behind(key)
             if pending is not None:
-                pending.add(added)
+                self._hold(pending, added)
                 return
             log.warning("%d tag-schema writes behind: this one is written through", MAX_BEHIND)
         write = self._through.get(key)
         if write is None:
             write = self._through[key] = _Write()
             write.task = asyncio.create_task(self._write_through(key, write))
-        write.add(added)
+        self._hold(write, added)
         await asyncio.shield(write.task)
+
+    def _hold(self, write: _Write, referrer: Referrer | None) -> None:
+        if referrer is None or referrer.digest in write.added or self._held > MAX_HELD_BYTES:
+            return
+        write.added[referrer.digest] = referrer
+        self._held += len(referrer.descriptor)
 
     def failing(self) -> int:
         """Subjects whose write is being retried after a failure (shown by /readyz)."""
@@ -139,6 +154,7 @@ class TagIndexWriter:
             await self._locked_write(key, self._through, write)
         finally:
             self._close(self._through, key, write)
+            self._held -= write.held
 
     async def _write_behind(self, key: _Key, write: _Write) -> None:
         """Waits `delay` for more changes, then writes; retries while the failure is worth it.
@@ -147,7 +163,8 @@ class TagIndexWriter:
             await self._pause(self.delay)
             for attempt, backoff in enumerate((*RETRY_SECONDS, None)):
                 try:
-                    await self._locked_write(key, self._behind, write)
+                    async with self._slots:
+                        await self._locked_write(key, self._behind, write)
                     return
                 except UpstreamRefused as exc:
                     if not exc.retryable:
@@ -163,7 +180,7 @@ class TagIndexWriter:
                 if newer is not write:
                     # A newer write of the subject is pending: it renders the same.
                     for referrer in write.added.values():
-                        newer.add(referrer)
+                        self._hold(newer, referrer)
                     return
                 if write.failing_since is None:
                     write.failing_since = time.monotonic()
@@ -180,6 +197,7 @@ class TagIndexWriter:
                 await self._pause(backoff)
         finally:
             self._close(self._behind, key, write)
+            self._held -= write.held
             if write.failing_since is not None:
                 self.metrics.tag_writes_failing.dec()
 
@@ -196,11 +214,15 @@ class TagIndexWriter:
 
     async def _pause(self, seconds: float) -> None:
         with suppress(TimeoutError):
-            await asyncio.wait_for(self._now.wait(), seconds)
+            async with asyncio.timeout(seconds):
+                await self._now.wait()
 
     async def _locked_write(self, key: _Key, pending: dict[_Key, _Write], write: _Write) -> None:
         repository, subject, auth = key
-        async with self.index.subject_lock(repository, subject):
+        local = self._local.get((repository, subject))
+        if local is None:
+            local = self._local[(repository, subject)] = asyncio.Lock()
+        async with local, self.index.subject_lock(repository, subject):
             # From here on, a change needs a new write: this one may have read past it.
             self._close(pending, key, write)
             await self._write(repository, subject, auth, list(write.added.values()))
