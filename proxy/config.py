@@ -66,6 +66,11 @@ def check_pairs(settings: Settings) -> Settings:
     """Settings that only make sense together."""
     if (settings.tls_cert is None) != (settings.tls_key is None):
         raise SettingsError("--tls-cert and --tls-key go together")
+    if settings.tag_index_max_bytes > settings.max_manifest_bytes:
+        raise SettingsError(
+            "--tag-index-max-bytes cannot pass --max-manifest-bytes: the proxy could not read"
+            " back the tag-schema indexes it writes"
+        )
     return settings
 
 

@@ -11,7 +11,7 @@ from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from proxy.access import PullAccess, PullRefused, proves_absent
-from proxy.errors import OCIError
+from proxy.errors import OCIError, UpstreamRefused
 from proxy.forward import Forwarder
 from proxy.headers import client_response_headers
 from proxy.index import IndexStore, IndexUnavailable, Page
@@ -174,7 +174,18 @@ class ReferrersApi:
         if deleted or proves_absent(answer):
             await self.index.remove(name, reference)
         if deleted and subject is not None and self.writer is not None:
-            await self.writer.changed(name, subject, auth)
+            try:
+                await self.writer.changed(name, subject, auth)
+            except (
+                UpstreamRefused,
+                OCIError,
+                IndexUnavailable,
+                aiohttp.ClientError,
+                TimeoutError,
+            ) as exc:
+                # The registry deleted it: that is the answer. A retry would find it gone and
+                # change nothing; the tag-schema index drops it at its next write.
+                log.error("%s %s: deleted, tag-schema index not updated: %r", name, subject, exc)
         return self.forwarder.reply(request, answer)
 
     async def _gone(self, name: str, digest: str, auth: str | None) -> bool:

@@ -22,7 +22,13 @@ import orjson
 
 from proxy.config import MiB, Settings
 from proxy.index import IndexStore, open_index
-from proxy.manifest import IMAGE_INDEX, MAX_ANNOTATION_BYTES, ManifestInvalid, inspect_manifest
+from proxy.manifest import (
+    IMAGE_INDEX,
+    MAX_ANNOTATION_BYTES,
+    ManifestInvalid,
+    Referrer,
+    inspect_manifest,
+)
 from proxy.names import is_digest
 from proxy.registry_client import RegistryClient
 from proxy.tags_api import next_upstream_page
@@ -180,12 +186,13 @@ class Reindexer:
             log.warning("%s@%s: %s", repo.name, reference, exc)
             self.summary.errors += 1
             referrer = None
-        if referrer is not None:
+        if referrer is not None and not await self._deleted(repo, referrer):
             if self.index is not None:
-                await self.index.add(repo.name, referrer)
+                # Listing semantics: a referrer deleted since it was read stays deleted.
+                await self.index.add_listed(repo.name, referrer.subject, [referrer])
             self.summary.referrers += 1
             if self.keep_tags and referrer.digest not in repo.kept:
-                await self._keep(repo, referrer.digest, answer.body, content_type)
+                await self._keep(repo, referrer, answer.body, content_type)
         try:
             document = orjson.loads(answer.body)
         except orjson.JSONDecodeError:
@@ -194,16 +201,30 @@ class Reindexer:
             await self._each(repo, _listed(document), self._manifest, depth + 1)
         return document
 
-    async def _keep(self, repo: _Repository, digest: str, body: bytes, media_type: str) -> None:
-        """The same bytes under the referrer's keep tag: the same digest, now tagged."""
-        tag = keep_tag(digest)
+    async def _deleted(self, repo: _Repository, referrer: Referrer) -> bool:
+        """Deleted through the proxy since the walk read it (the index tombstoned it)."""
+        if self.index is None:
+            return False
+        return await self.index.tombstoned(repo.name, referrer.subject, referrer.digest)
+
+    async def _keep(
+        self, repo: _Repository, referrer: Referrer, body: bytes, media_type: str
+    ) -> None:
+        """The same bytes under the referrer's keep tag: the same digest, now tagged. A PUT
+        re-creates a manifest deleted meanwhile, so a delete that landed during it is made
+        again."""
+        tag = keep_tag(referrer.digest)
         async with self._reads:
             put = await self.client.put_manifest(repo.name, tag, body, media_type, self.auth)
         if put.status != 201:
             log.warning("%s: keep tag %s refused (%d)", repo.name, tag, put.status)
             self.summary.errors += 1
             return
-        repo.kept.add(digest)
+        if await self._deleted(repo, referrer):
+            log.info("%s: %s was deleted while tagged; deleting it again", repo.name, tag)
+            await self.client.delete_manifest(repo.name, referrer.digest, self.auth)
+            return
+        repo.kept.add(referrer.digest)
         self.summary.keep_tags += 1
 
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import aiohttp
 
 from proxy.config import FallbackMode
+from proxy.errors import OCIError
 from proxy.index import IndexStore
 from proxy.index.base import TagSync
 from proxy.manifest import MAX_ANNOTATION_BYTES, Referrer
@@ -148,7 +149,8 @@ class TagIndexReader:
                 elif answer.status != 404:
                     log.info("%s:%s unreadable upstream (%d)", repository, tag, answer.status)
                     return None
-        except (aiohttp.ClientError, TimeoutError) as exc:
+        except (aiohttp.ClientError, TimeoutError, OCIError) as exc:
+            # OCIError: an answer over the proxy's own limits (--max-manifest-bytes)
             log.warning("%s %s: tag-schema read failed: %r", repository, subject, exc)
             return None
         return _TagRead(list(listed.values()), digest)

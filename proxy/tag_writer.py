@@ -23,13 +23,15 @@ import asyncio
 import logging
 import time
 import weakref
-from contextlib import suppress
+from collections.abc import Callable, Hashable
+from contextlib import nullcontext, suppress
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import aiohttp
 import orjson
 
-from proxy.errors import UpstreamRefused
+from proxy.errors import OCIError, UpstreamRefused
 from proxy.index import IndexStore, IndexUnavailable
 from proxy.index.base import TagSync
 from proxy.manifest import IMAGE_INDEX, MAX_ANNOTATION_BYTES, Referrer
@@ -40,7 +42,8 @@ from proxy.tag_reader import parse_tag_answer
 from proxy.tagschema import Listing, TagIndex, copy_listing, missing_children, tag_name
 
 log = logging.getLogger(__name__)
-_Key = tuple[str, str, str | None]  # repository, subject, credentials
+_Subject = tuple[str, str]  # repository, subject
+_K = TypeVar("_K", bound=Hashable)
 MAX_BEHIND = 4096  # subjects written behind at once; past it, attaches wait for their write
 MAX_WRITING = 16  # writes behind running at once: the registry serves clients first
 MAX_HELD_BYTES = 8 * 1024 * 1024  # descriptors pending writes hold (the index has them anyway)
@@ -57,6 +60,9 @@ class _Write:
     lost meanwhile (a Redis without persistence restarted) must not lose them from the copy.
     """
 
+    repository: str
+    subject: str
+    auth: str | None  # of the latest client who changed the subject
     task: asyncio.Task[None] = field(init=False)
     added: dict[str, Referrer] = field(default_factory=dict)
     failing_since: float | None = None
@@ -85,15 +91,15 @@ class TagIndexWriter:
         self.delay = delay
         self.max_bytes = max_bytes
         self.max_annotation_bytes = max_annotation_bytes
-        self._behind: dict[_Key, _Write] = {}
-        self._through: dict[_Key, _Write] = {}
+        self._behind: dict[_Subject, _Write] = {}
+        self._through: dict[tuple[str, str, str | None], _Write] = {}
         self._running: set[asyncio.Task[None]] = set()  # behind writes, pending or retrying
         self._now = asyncio.Event()  # set on close: no more waiting
         self._slots = asyncio.Semaphore(MAX_WRITING)
         self._held = 0
         # One write of a subject at a time in this process: the next waits here, not by polling
         # the shared lock.
-        self._local: weakref.WeakValueDictionary[tuple[str, str], asyncio.Lock] = (
+        self._local: weakref.WeakValueDictionary[_Subject, asyncio.Lock] = (
             weakref.WeakValueDictionary()
         )
 
@@ -102,19 +108,22 @@ class TagIndexWriter:
     ) -> None:
         """The subject's referrers changed in the index (`added` was attached, or one was
         deleted): bring its tag-schema index in step. Written behind when allowed and the
-        backlog has room; else waited for, and a failure raised to the caller."""
-        key = (repository, subject, auth)
+        backlog has room, once per subject whoever changed it (every write renders the whole
+        index, so one per credentials would only repeat it), with the credentials of the latest
+        client who did; else waited for, with the caller's, and a failure raised to it."""
         if self.behind and not self._now.is_set():
-            pending = self._behind.get(key)
+            pending = self._behind.get((repository, subject))
             if pending is None and len(self._behind) < MAX_BEHIND:
-                pending = self._start_behind(key)
+                pending = self._start_behind(_Write(repository, subject, auth))
             if pending is not None:
+                pending.auth = auth
                 self._hold(pending, added)
                 return
             log.warning("%d tag-schema writes behind: this one is written through", MAX_BEHIND)
+        key = (repository, subject, auth)
         write = self._through.get(key)
         if write is None:
-            write = self._through[key] = _Write()
+            write = self._through[key] = _Write(repository, subject, auth)
             write.task = asyncio.create_task(self._write_through(key, write))
         self._hold(write, added)
         await asyncio.shield(write.task)
@@ -141,40 +150,45 @@ class TagIndexWriter:
         if left:
             log.error("shutdown: %d tag-schema writes left unwritten", len(left))
 
-    def _start_behind(self, key: _Key) -> _Write:
-        write = self._behind[key] = _Write()
-        write.task = asyncio.create_task(self._write_behind(key, write))
+    def _start_behind(self, write: _Write) -> _Write:
+        self._behind[(write.repository, write.subject)] = write
+        write.task = asyncio.create_task(self._write_behind(write))
         self._running.add(write.task)
         write.task.add_done_callback(self._running.discard)
         self.metrics.tag_writes_pending.set(len(self._behind))
         return write
 
-    async def _write_through(self, key: _Key, write: _Write) -> None:
+    async def _write_through(self, key: tuple[str, str, str | None], write: _Write) -> None:
         try:
-            await self._locked_write(key, self._through, write)
+            await self._locked_write(write, lambda: self._close(self._through, key, write))
         finally:
             self._close(self._through, key, write)
             self._held -= write.held
 
-    async def _write_behind(self, key: _Key, write: _Write) -> None:
+    async def _write_behind(self, write: _Write) -> None:
         """Waits `delay` for more changes, then writes; retries while the failure is worth it.
         A change arriving while it retries rides along; a refusal or the last retry gives up."""
+        key = (write.repository, write.subject)
         try:
             await self._pause(self.delay)
             for attempt, backoff in enumerate((*RETRY_SECONDS, None)):
                 try:
-                    async with self._slots:
-                        await self._locked_write(key, self._behind, write)
+                    await self._locked_write(
+                        write, lambda: self._close(self._behind, key, write), self._slots
+                    )
                     return
                 except UpstreamRefused as exc:
                     if not exc.retryable:
-                        self._give_up(key, "refused", exc)
+                        self._give_up(write, "refused", exc)
                         return
                     failure: Exception = exc
+                except OCIError as exc:  # an answer the proxy cannot take, e.g. over its limits
+                    self._give_up(write, "refused", exc)
+                    return
                 except (IndexUnavailable, aiohttp.ClientError, TimeoutError) as exc:
                     failure = exc
                 if backoff is None or self._now.is_set():
-                    self._give_up(key, "abandoned", failure)
+                    self._give_up(write, "abandoned", failure)
                     return
                 newer = self._behind.setdefault(key, write)
                 if newer is not write:
@@ -188,8 +202,8 @@ class TagIndexWriter:
                 self.metrics.tag_write("retried")
                 log.warning(
                     "%s %s: tag-schema write failed (%s, attempt %d); retrying in %.0f s",
-                    key[0],
-                    key[1],
+                    write.repository,
+                    write.subject,
                     type(failure).__name__,
                     attempt + 1,
                     backoff,
@@ -201,13 +215,13 @@ class TagIndexWriter:
             if write.failing_since is not None:
                 self.metrics.tag_writes_failing.dec()
 
-    def _give_up(self, key: _Key, result: str, failure: Exception) -> None:
+    def _give_up(self, write: _Write, result: str, failure: Exception) -> None:
         self.metrics.tag_write(result)
         log.error(
             "%s %s: tag-schema index not written (%s: %s); the proxy lists the subject's"
             " referrers all the same, and its next change writes it",
-            key[0],
-            key[1],
+            write.repository,
+            write.subject,
             result,
             failure,
         )
@@ -217,21 +231,32 @@ class TagIndexWriter:
             async with asyncio.timeout(seconds):
                 await self._now.wait()
 
-    async def _locked_write(self, key: _Key, pending: dict[_Key, _Write], write: _Write) -> None:
-        repository, subject, auth = key
-        local = self._local.get((repository, subject))
+    async def _locked_write(
+        self,
+        write: _Write,
+        close: Callable[[], None],
+        slots: asyncio.Semaphore | None = None,
+    ) -> None:
+        """One write of a subject at a time in this process (queued on a local lock, not by
+        polling the shared one), then a slot if behind, then the subject's shared lock."""
+        local = self._local.get((write.repository, write.subject))
         if local is None:
-            local = self._local[(repository, subject)] = asyncio.Lock()
-        async with local, self.index.subject_lock(repository, subject):
+            local = self._local[(write.repository, write.subject)] = asyncio.Lock()
+        async with (
+            local,
+            slots or nullcontext(),
+            self.index.subject_lock(write.repository, write.subject),
+        ):
             # From here on, a change needs a new write: this one may have read past it.
-            self._close(pending, key, write)
-            await self._write(repository, subject, auth, list(write.added.values()))
+            close()
+            await self._write(
+                write.repository, write.subject, write.auth, list(write.added.values())
+            )
 
-    def _close(self, pending: dict[_Key, _Write], key: _Key, write: _Write) -> None:
+    def _close(self, pending: dict[_K, _Write], key: _K, write: _Write) -> None:
         if pending.get(key) is write:
             del pending[key]
-        if pending is self._behind:
-            self.metrics.tag_writes_pending.set(len(self._behind))
+        self.metrics.tag_writes_pending.set(len(self._behind))
 
     async def _write(
         self, repository: str, subject: str, auth: str | None, added: list[Referrer]

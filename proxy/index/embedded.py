@@ -72,27 +72,33 @@ class EmbeddedIndex:
 
     async def add(self, repository: str, referrer: Referrer) -> None:
         self._tombstones.pop((repository, referrer.subject, referrer.digest), None)
-        self._record(repository, referrer)
+        self._record(repository, referrer.subject, referrer)
 
     async def add_listed(self, repository: str, subject: str, referrers: Sequence[Referrer]) -> int:
         added = 0
         for referrer in referrers:
             if (repository, subject, referrer.digest) not in self._tombstones:
-                added += self._record(repository, referrer)
+                added += self._record(repository, subject, referrer)
         return added
 
-    def _record(self, repository: str, referrer: Referrer) -> bool:
+    async def tombstoned(self, repository: str, subject: str, digest: str) -> bool:
+        return (repository, subject, digest) in self._tombstones
+
+    def _record(self, repository: str, subject_digest: str, referrer: Referrer) -> bool:
         key = (repository, referrer.digest)
-        subject = self._subjects.setdefault((repository, referrer.subject), _Subject())
+        recorded = self._recorded.get(key)
+        if recorded is not None and recorded.subject != subject_digest:
+            return False  # recorded under its own subject: a listing elsewhere moves nothing
+        subject = self._subjects.setdefault((repository, subject_digest), _Subject())
         subject.descriptors[referrer.digest] = referrer.descriptor
-        if key in self._recorded:
+        if recorded is not None:
             return False
         self._position += 1
         subject.all.append(self._position, referrer.digest)
         if referrer.artifact_type is not None:
             run = subject.by_type.setdefault(referrer.artifact_type, _Run())
             run.append(self._position, referrer.digest)
-        self._recorded[key] = _Recorded(referrer.subject, referrer.artifact_type, self._position)
+        self._recorded[key] = _Recorded(subject_digest, referrer.artifact_type, self._position)
         return True
 
     async def remove(self, repository: str, digest: str) -> None:

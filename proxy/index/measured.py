@@ -37,6 +37,10 @@ class MeasuredIndex:
         async with self._measure("remove"):
             await self.store.remove(repository, digest)
 
+    async def tombstoned(self, repository: str, subject: str, digest: str) -> bool:
+        async with self._measure("tombstoned"):
+            return await self.store.tombstoned(repository, subject, digest)
+
     async def page(
         self,
         repository: str,

@@ -40,8 +40,9 @@ def _text(value: bytes | str) -> str:
 
 # Records referrers under one subject, every key on the subject's slot: each one's position is
 # taken and the referrer listed under it in one step, so no referrer can commit behind a cursor
-# already handed out. Positions count per subject; a subject listed under the former global
-# counter continues after its highest position, so cursors handed out before stay valid.
+# already handed out. Positions count per subject and always come after the highest listed, so
+# a subject listed under the former global counter (or by a replica of the former release while
+# both run) keeps its order, and cursors handed out before stay valid.
 # KEYS: position counter, descriptors, all, tombstones, then one type set per referrer.
 # ARGV: "1" for a push (lifts tombstones) or "0" for a listing (skips them), now, then a
 # (digest, descriptor, artifact type or "") triple per referrer. Reply: how many were new.
@@ -57,12 +58,10 @@ for i = 0, (#ARGV - 2) / 3 - 1 do
     redis.call('HSET', descriptors, digest, descriptor)
     if not redis.call('ZSCORE', all, digest) then
       local position = redis.call('INCR', counter)
-      if position == 1 then
-        local last = redis.call('ZRANGE', all, -1, -1, 'WITHSCORES')
-        if last[2] then
-          position = tonumber(last[2]) + 1
-          redis.call('SET', counter, position)
-        end
+      local last = redis.call('ZRANGE', all, -1, -1, 'WITHSCORES')
+      if last[2] and tonumber(last[2]) >= position then
+        position = tonumber(last[2]) + 1
+        redis.call('SET', counter, position)
       end
       redis.call('ZADD', all, position, digest)
       if artifact_type ~= '' then redis.call('ZADD', KEYS[5 + i], position, digest) end
@@ -171,16 +170,25 @@ class RedisIndex:
     ) -> int:
         """Each referrer's own record (its subject, for a delete by digest) is written first,
         on its own slot: a crash before the subject's step leaves a record of nothing listed,
-        which a delete clears; the reverse would leave a listing no delete could find."""
+        which a delete clears; the reverse would leave a listing no delete could find. A push
+        knows the subject from the manifest itself and sets it; a listing only fills a record
+        that is missing, so no tag-schema index can point a referrer at another subject."""
         args: list[str | bytes | float] = ["1" if push else "0", time.time()]
         type_sets = []
         async with _guard("add"):
+            if not push:
+                referrers = await self._own(repository, subject, referrers)
+                if not referrers:
+                    return 0
             async with self._redis.pipeline(transaction=False) as records:
                 for referrer in referrers:
-                    records.hset(
-                        keys.referrer(repository, referrer.digest),
-                        mapping={"subject": subject, "artifact_type": referrer.artifact_type or ""},
-                    )
+                    record = keys.referrer(repository, referrer.digest)
+                    fields = (("subject", subject), ("artifact_type", referrer.artifact_type or ""))
+                    for name, value in fields:
+                        if push:
+                            records.hset(record, name, value)
+                        else:
+                            records.hsetnx(record, name, value)
                     args += [referrer.digest, referrer.descriptor, referrer.artifact_type or ""]
                     type_sets.append(
                         keys.subject_type(repository, subject, referrer.artifact_type or "")
@@ -198,9 +206,26 @@ class RedisIndex:
             )
         return added
 
+    async def _own(
+        self, repository: str, subject: str, referrers: Sequence[Referrer]
+    ) -> list[Referrer]:
+        """Those a listing of `subject` may record: not recorded under another subject by a
+        push (a tag-schema index may list any manifest; where it belongs is its own)."""
+        async with self._redis.pipeline(transaction=False) as lookups:
+            for referrer in referrers:
+                lookups.hget(keys.referrer(repository, referrer.digest), "subject")
+            subjects = await lookups.execute()
+        return [
+            referrer
+            for referrer, recorded in zip(referrers, subjects, strict=True)
+            if recorded is None or _text(recorded) == subject
+        ]
+
     async def remove(self, repository: str, digest: str) -> None:
         """The record (on the referrer's slot) names the subject; the subject's change is one
-        script on the subject's slot; the record goes last."""
+        script on the subject's slot. The record stays (a few bytes): deleted after the script,
+        a push of the same digest landing in between would be listed with no record, so no
+        later delete could find it."""
         record = keys.referrer(repository, digest)
         async with _guard("remove"):
             subject, artifact_type = await self._redis.hmget(record, ["subject", "artifact_type"])
@@ -216,7 +241,11 @@ class RedisIndex:
                 ],
                 args=[digest, time.time() + TOMBSTONE_SECONDS, int(TOMBSTONE_SECONDS)],
             )
-            await self._redis.delete(record)
+
+    async def tombstoned(self, repository: str, subject: str, digest: str) -> bool:
+        async with _guard("read"):
+            expires = await self._redis.zscore(keys.subject_tombstones(repository, subject), digest)
+        return expires is not None and expires > time.time()
 
     async def page(
         self,

@@ -644,3 +644,76 @@ async def test_redis_positions_continue_after_the_former_global_counter(
         assert await walk(index, REPO, [SBOM], 1) == digests_of([*old[1:], referrer(3)])
     finally:
         await index.close()
+
+
+async def test_a_final_remove_unlists_however_pushes_and_removes_interleave(
+    store: IndexStore,
+) -> None:
+    """Was (Redis): the record went after the subject's script, so a push landing in between
+    was listed with no record, and no later delete could unlist it."""
+    one = referrer(1)
+    await store.add(REPO, one)
+    for _ in range(50):
+        await asyncio.gather(store.remove(REPO, one.digest), store.add(REPO, one))
+    await store.remove(REPO, one.digest)
+    assert await walk(store, REPO, [], 10) == []
+
+
+async def test_a_listing_never_moves_a_referrer_to_another_subject(store: IndexStore) -> None:
+    """A tag-schema index may list any manifest; the subject a push recorded stays its own, so
+    deleting it unlists it where it really belongs."""
+    real = referrer(1)
+    await store.add(REPO, real)
+    assert await store.add_listed(REPO, OTHER_SUBJECT, [real, referrer(2)]) == 1
+    assert await walk(store, REPO, [], 10, OTHER_SUBJECT) == [referrer(2).digest]
+    await store.remove(REPO, real.digest)
+    assert await walk(store, REPO, [], 10) == []
+
+
+_FORMER_ADD = """
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+if redis.call('ZSCORE', KEYS[3], ARGV[1]) then return 0 end
+local position = redis.call('INCR', KEYS[1])
+redis.call('ZADD', KEYS[3], position, ARGV[1])
+redis.call('HSET', KEYS[5], 'subject', ARGV[3])
+if ARGV[4] ~= '' then
+  redis.call('ZADD', KEYS[4], position, ARGV[1])
+  redis.call('HSET', KEYS[5], 'artifact_type', ARGV[4])
+end
+return position
+"""
+
+
+async def test_redis_positions_stay_ordered_while_the_former_release_still_writes(
+    redis_server: Redis,
+) -> None:
+    """A rolling upgrade: a replica of the former release (global counter, its script copied
+    here) adds between two adds of this one. Each new position still comes after every listed
+    one, so a cursor handed out in between sees what comes later."""
+    client = aioredis.Redis.from_url(redis_server.url)
+    await client.flushdb()
+    await client.set("orp:v1:position", 100_000)
+    index = RedisIndex.from_url(redis_server.url)
+    try:
+        await index.add(REPO, referrer(0))
+        former = client.register_script(_FORMER_ADD)
+        one = referrer(1)
+        await former(
+            keys=[
+                "orp:v1:position",
+                f"orp:v1:{{{REPO}|{SUBJECT}}}:descriptors",
+                f"orp:v1:{{{REPO}|{SUBJECT}}}:all",
+                f"orp:v1:{{{REPO}|{SUBJECT}}}:type:{SBOM}",
+                f"orp:v1:{{{REPO}|{one.digest}}}:referrer",
+            ],
+            args=[one.digest, one.descriptor, SUBJECT, SBOM],
+        )
+        first = await index.page(REPO, SUBJECT, [], 0, 2)
+        assert first.next_after is None
+        await index.add(REPO, referrer(2))
+        assert await walk(index, REPO, [], 1) == [referrer(n).digest for n in range(3)]
+        after = await index.page(REPO, SUBJECT, [], 100_001, 10)
+        assert digests(after.descriptors) == [referrer(2).digest]
+    finally:
+        await client.aclose()
+        await index.close()

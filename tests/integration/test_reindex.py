@@ -14,10 +14,14 @@ import orjson
 import pytest
 import redis.asyncio as aioredis
 
-from proxy.config import FallbackMode
+from proxy.config import FallbackMode, parse_upstream
+from proxy.index import RedisIndex
+from proxy.registry_client import Answer, RegistryClient
+from proxy.reindex import Reindexer
 from tests.conftest import AUTH_PASSWORD, AUTH_USER, StartProxy
 from tests.harness.processes import Redis, Registry, running_registry
 from tests.oci import (
+    MANIFEST,
     artifact_manifest,
     basic_auth,
     legacy_attach,
@@ -122,3 +126,47 @@ async def test_reindex_with_basic_auth_and_without(
     ) as r:
         repositories = orjson.loads(await r.read())["repositories"]
     assert f"repositories {len(repositories)}," in out
+
+
+async def test_a_delete_during_the_reindex_stays_deleted(
+    http: aiohttp.ClientSession,
+    start_proxy: StartProxy,
+    registry: Registry,
+    redis_server: Redis,
+    repo: str,
+) -> None:
+    """Found by review: the walk read a legacy referrer, a client deleted it through the proxy,
+    then the walk recorded it again (lifting the tombstone) and its keep-tag PUT re-created the
+    manifest. The walk's client is the real one; only the moment of the delete is chosen, right
+    after the walk's read."""
+    proxy = await start_proxy(registry.url, redis_url=redis_server.url)
+    image = await push_subject_image(http, proxy, repo)
+    legacy = await legacy_attach(http, registry.url, repo, image, 1)
+    digest = sha256(legacy)
+    assert await listed_referrers(http, proxy, repo, image) == [digest]
+    index = RedisIndex.from_url(redis_server.url)
+    deletes: list[int] = []
+    async with aiohttp.ClientSession() as session:
+        client = RegistryClient(session, parse_upstream(registry.url), 64 * 1024 * 1024)
+        read = client.get_manifest
+
+        async def read_then_deleted(
+            name: str, reference: str, auth: str | None, etag: str | None = None
+        ) -> Answer:
+            answer = await read(name, reference, auth, etag)
+            if reference == digest and not deletes:
+                async with http.delete(f"{proxy}/v2/{name}/manifests/{digest}") as gone:
+                    deletes.append(gone.status)
+            return answer
+
+        client.get_manifest = read_then_deleted  # type: ignore[method-assign]
+        walker = Reindexer(client, index, auth=None, keep_tags=True)
+        async for _ in walker.run([repo], set()):
+            pass
+    await index.close()
+    assert deletes == [202]
+    async with http.get(
+        f"{registry.url}/v2/{repo}/manifests/{digest}", headers={"Accept": MANIFEST}
+    ) as after:
+        assert after.status == 404, "the keep-tag PUT must not bring it back"
+    assert await listed_referrers(http, proxy, repo, image) == []
