@@ -37,6 +37,7 @@ REFERRERS = web.AppKey("referrers", ReferrersApi)
 TAGS = web.AppKey("tags", TagListApi)
 METRICS = web.AppKey("metrics", Metrics)
 READINESS = web.AppKey("readiness", Readiness)
+FLUSH_SECONDS = 8.0  # for tag-schema writes still behind at shutdown
 
 
 @web.middleware
@@ -151,7 +152,9 @@ def make_app(
         )
         yield
         if writer is not None:
-            await writer.close(settings.shutdown_grace)
+            # After the drain: the two must fit the pod's termination grace (deploy/: 45 s,
+            # preStop 5 s + --shutdown-grace 30 s + this).
+            await writer.close(min(settings.shutdown_grace, FLUSH_SECONDS))
         if own:
             await store.close()
 
