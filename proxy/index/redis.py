@@ -1,4 +1,10 @@
-"""The Redis index: shared by every replica, so all of them answer the same."""
+"""The Redis index: shared by every replica, so all of them answer the same.
+
+The same code serves one Redis server, a master found through Sentinel and a Redis Cluster:
+every script touches one subject's keys (one slot), and the writes that an answer vouches for
+(an attach, a delete, taking a subject's lock) can be made to wait until `replicas` replicas hold
+them (WAIT on the connection that wrote), so a failover to one of them loses none of them.
+"""
 
 from __future__ import annotations
 
@@ -7,10 +13,12 @@ import logging
 import time
 from collections.abc import AsyncIterator, Collection, Sequence
 from contextlib import asynccontextmanager, suppress
+from typing import Any
 
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import PipelineCommand, RedisCluster
 from redis.asyncio.lock import Lock
-from redis.exceptions import RedisError
+from redis.exceptions import LockNotOwnedError, RedisClusterException, RedisError
 
 from proxy.index import keys
 from proxy.index.base import TOMBSTONE_SECONDS, IndexUnavailable, Page, TagSync
@@ -22,14 +30,22 @@ POOL_WAIT_SECONDS = 10.0
 # cannot outlast it; it bounds how long a crashed holder blocks the subject.
 LOCK_SECONDS = 10.0
 LOCK_WAIT_SECONDS = 10.0  # a writer waiting longer answers 503, and its client retries
+# The holder stops at this share of the lock's life, before it could have expired in Redis (its
+# expiry counts from when the server saw the command, later than when it was sent).
+LOCK_SAFE_SHARE = 0.95
+RENEW_RETRY_SECONDS = 0.2  # between renewal attempts while Redis does not answer (failover)
+WAIT_MILLISECONDS = 1000  # how long a write waits for its replicas before it counts as failed
 _BATCH = 500  # referrers per script call: a long listing must not stall Redis for others
+_FAILURES = (RedisError, RedisClusterException, OSError)
+
+Client = aioredis.Redis | RedisCluster
 
 
 @asynccontextmanager
 async def _guard(action: str) -> AsyncIterator[None]:
     try:
         yield
-    except (RedisError, OSError) as exc:
+    except _FAILURES as exc:
         log.error("redis index: %s failed: %r", action, exc)
         raise IndexUnavailable(f"index {action} failed: {exc}") from exc
 
@@ -115,39 +131,92 @@ return reply
 """
 
 
-async def _renew(lock: Lock) -> None:
-    """Reset the lock's expiry every third of its life; stop at the first failure (the release
-    then reports it)."""
-    while True:
-        await asyncio.sleep(LOCK_SECONDS / 3)
-        try:
-            await lock.reacquire()
-        except (RedisError, OSError) as exc:
-            log.error("redis index: lock %s not renewed: %r", lock.name, exc)
-            return
+class NotReplicated(RedisError):
+    """A write reached the master but not the replicas it had to: a failover could lose it."""
 
 
 class RedisIndex:
-    def __init__(self, client: aioredis.Redis) -> None:
+    def __init__(self, client: Client, *, replicas: int = 0, max_connections: int = 64) -> None:
+        """`max_connections` operations run at once and the rest wait (up to
+        POOL_WAIT_SECONDS): the bound holds for every kind of client, where redis-py's own pools
+        either fail at their cap ("Too many connections", seen in the soak) or have none."""
         self._redis = client
+        self._replicas = replicas
+        self._connections = asyncio.Semaphore(max_connections)
         self._add = client.register_script(_ADD)
         self._remove = client.register_script(_REMOVE)
         self._page = client.register_script(_PAGE)
 
-    @classmethod
-    def from_url(cls, url: str, max_connections: int = 64) -> RedisIndex:
-        """A bounded pool that makes callers wait for a connection: redis-py's default pool
-        fails with "Too many connections" once concurrency passes its cap (seen in the soak),
-        and every extra connection costs memory."""
-        pool = aioredis.BlockingConnectionPool.from_url(
-            url,
-            max_connections=max_connections,
-            timeout=POOL_WAIT_SECONDS,
-            socket_connect_timeout=2.0,
-            socket_timeout=5.0,
-            health_check_interval=15,
+    @asynccontextmanager
+    async def slot(self, action: str) -> AsyncIterator[None]:
+        """One of the `max_connections` places."""
+        try:
+            async with asyncio.timeout(POOL_WAIT_SECONDS):
+                await self._connections.acquire()
+        except TimeoutError as exc:
+            raise IndexUnavailable(f"index {action}: no Redis connection free") from exc
+        try:
+            yield
+        finally:
+            self._connections.release()
+
+    @asynccontextmanager
+    async def connection(self, action: str) -> AsyncIterator[None]:
+        """A place, and Redis failures as IndexUnavailable."""
+        async with self.slot(action), _guard(action):
+            yield
+
+    async def replicated(self, key: str, *command: Any) -> tuple[Any, int]:
+        """Run a write on `key`'s master, then WAIT there, on the same connection, until the
+        replicas asked for hold it (WAIT vouches only for its own connection's writes).
+
+        On a cluster, both go down one connection of the key's node, with no retry and no
+        redirect: redis-py's cluster pipeline retries a failed batch after dropping where its
+        WAIT was to go, which could then vouch for nothing. A failure here makes the client
+        rediscover the cluster, and the caller's client retries."""
+        result: Any
+        acknowledged: Any
+        if isinstance(self._redis, RedisCluster):
+            await self._redis.initialize()
+            node = self._redis.get_node_from_key(key)
+            if node is None:
+                raise IndexUnavailable(f"no Redis Cluster node serves {key}")
+            sent = [
+                PipelineCommand(0, *command),
+                PipelineCommand(1, "WAIT", self._replicas, WAIT_MILLISECONDS),
+            ]
+            try:
+                await node.execute_pipeline(sent)
+                for step in sent:
+                    if isinstance(step.result, Exception):
+                        raise step.result
+            except _FAILURES:
+                await self._redis.aclose()
+                raise
+            result, acknowledged = sent[0].result, sent[1].result
+        else:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.execute_command(*command)
+                pipe.execute_command("WAIT", self._replicas, WAIT_MILLISECONDS)
+                result, acknowledged = await pipe.execute()
+        return result, int(acknowledged)
+
+    def _check(self, acknowledged: int) -> None:
+        if acknowledged < self._replicas:
+            raise NotReplicated(f"{acknowledged} of {self._replicas} replicas hold the write")
+
+    async def _write_script(
+        self, script: Any, script_keys: list[str], args: Sequence[str | bytes | float | int]
+    ) -> Any:
+        """A write script, by its digest when no replica has to hold it; else sent whole (a
+        promoted replica may not have it cached) and waited for."""
+        if not self._replicas:
+            return await script(keys=script_keys, args=args)
+        result, acknowledged = await self.replicated(
+            script_keys[0], "EVAL", script.script, len(script_keys), *script_keys, *args
         )
-        return cls(aioredis.Redis.from_pool(pool))
+        self._check(acknowledged)
+        return result
 
     async def add(self, repository: str, referrer: Referrer) -> None:
         await self._record(repository, referrer.subject, [referrer], push=True)
@@ -165,9 +234,9 @@ class RedisIndex:
         """Each referrer's own record (its subject, for a delete by digest) is written first,
         on its own slot: a crash before the subject's step leaves a record of nothing listed,
         which a delete clears; the reverse would leave a listing no delete could find."""
-        args: list[str | bytes | float] = ["1" if push else "0", time.time()]
+        args: list[str | bytes | float | int] = ["1" if push else "0", time.time()]
         type_sets = []
-        async with _guard("add"):
+        async with self.connection("add"):
             async with self._redis.pipeline(transaction=False) as records:
                 for referrer in referrers:
                     records.hset(
@@ -179,15 +248,16 @@ class RedisIndex:
                         keys.subject_type(repository, subject, referrer.artifact_type or "")
                     )
                 await records.execute()
-            added: int = await self._add(
-                keys=[
+            added: int = await self._write_script(
+                self._add,
+                [
                     keys.subject_positions(repository, subject),
                     keys.subject_descriptors(repository, subject),
                     keys.subject_all(repository, subject),
                     keys.subject_tombstones(repository, subject),
                     *type_sets,
                 ],
-                args=args,
+                args,
             )
         return added
 
@@ -195,19 +265,20 @@ class RedisIndex:
         """The record (on the referrer's slot) names the subject; the subject's change is one
         script on the subject's slot; the record goes last."""
         record = keys.referrer(repository, digest)
-        async with _guard("remove"):
+        async with self.connection("remove"):
             subject, artifact_type = await self._redis.hmget(record, ["subject", "artifact_type"])
             if subject is None:
                 return
             subject = _text(subject)
-            await self._remove(
-                keys=[
+            await self._write_script(
+                self._remove,
+                [
                     keys.subject_descriptors(repository, subject),
                     keys.subject_all(repository, subject),
                     keys.subject_type(repository, subject, _text(artifact_type or b"")),
                     keys.subject_tombstones(repository, subject),
                 ],
-                args=[digest, time.time() + TOMBSTONE_SECONDS, int(TOMBSTONE_SECONDS)],
+                [digest, time.time() + TOMBSTONE_SECONDS, int(TOMBSTONE_SECONDS)],
             )
             await self._redis.delete(record)
 
@@ -224,14 +295,14 @@ class RedisIndex:
             if artifact_types
             else [keys.subject_all(repository, subject)]
         )
-        async with _guard("read"):
+        async with self.connection("read"):
             more, last, *descriptors = await self._page(
                 keys=[keys.subject_descriptors(repository, subject), *sets], args=[after, limit]
             )
         return Page(descriptors, int(last) if more else None)
 
     async def tag_sync(self, repository: str, subject: str) -> TagSync | None:
-        async with _guard("read"):
+        async with self.connection("read"):
             digest, at = await self._redis.hmget(
                 keys.tag_sync(repository, subject), ["digest", "at"]
             )
@@ -241,7 +312,7 @@ class RedisIndex:
 
     async def set_tag_sync(self, repository: str, subject: str, sync: TagSync) -> None:
         key = keys.tag_sync(repository, subject)
-        async with _guard("write"):
+        async with self.connection("write"):
             if sync.digest:
                 await self._redis.hset(key, mapping={"digest": sync.digest, "at": sync.at})
             else:
@@ -250,30 +321,103 @@ class RedisIndex:
     @asynccontextmanager
     async def subject_lock(self, repository: str, subject: str) -> AsyncIterator[None]:
         """redis-py's lock (a token set with NX and an expiry, released only by its owner),
-        renewed in the background while held: it expires only when its holder is gone or cut
-        off from Redis longer than LOCK_SECONDS, and then releasing it fails loudly (503)."""
-        lock = self._redis.lock(
-            keys.subject_lock(repository, subject),
-            timeout=LOCK_SECONDS,
-            blocking_timeout=LOCK_WAIT_SECONDS,
-            sleep=0.01,
-        )
+        held on replicas too (see `SubjectLock`) and renewed in the background. The holder runs
+        under a deadline just before the lock's last known expiry, pushed on by each renewal:
+        a holder that cannot renew in time (Redis gone longer than LOCK_SECONDS), or finds its
+        lock taken, is cancelled there and answers IndexUnavailable, before another writer can
+        have the lock."""
+        lock = SubjectLock(self, keys.subject_lock(repository, subject))
         async with _guard("lock"):
             if not await lock.acquire():
                 raise IndexUnavailable(f"{repository} {subject} stayed locked")
-        renewal = asyncio.create_task(_renew(lock))
+        deadline = asyncio.timeout_at(lock.sent_at + LOCK_SECONDS * LOCK_SAFE_SHARE)
         try:
-            yield
+            async with deadline:
+                renewal = asyncio.create_task(self._renew(lock, deadline))
+                try:
+                    yield
+                finally:
+                    renewal.cancel()
+                    with suppress(asyncio.CancelledError):
+                        await renewal
+        except TimeoutError as exc:
+            if not deadline.expired():
+                raise
+            raise IndexUnavailable(f"{repository} {subject}: the lock was lost") from exc
         finally:
-            renewal.cancel()
-            with suppress(asyncio.CancelledError):
-                await renewal
             async with _guard("unlock"):
                 await lock.release()
 
+    async def _renew(self, lock: SubjectLock, deadline: asyncio.Timeout) -> None:
+        """Reset the lock's expiry every third of its life and move the holder's deadline with
+        it; while Redis does not answer (a failover), keep trying until the deadline. A lock
+        found in other hands ends the holder at once."""
+        while True:
+            await asyncio.sleep(LOCK_SECONDS / 3)
+            while True:
+                sent_at = asyncio.get_running_loop().time()
+                try:
+                    await lock.reacquire()
+                except LockNotOwnedError:
+                    log.error("redis index: lock %s was lost", lock.name)
+                    deadline.reschedule(sent_at)
+                    return
+                except (*_FAILURES, IndexUnavailable) as exc:  # a slot not free counts too
+                    log.warning("redis index: lock %s not renewed yet: %r", lock.name, exc)
+                    await asyncio.sleep(RENEW_RETRY_SECONDS)
+                    continue
+                deadline.reschedule(sent_at + LOCK_SECONDS * LOCK_SAFE_SHARE)
+                break
+
     async def ping(self) -> None:
-        async with _guard("ping"):
+        async with self.connection("ping"):
             await self._redis.ping()
 
     async def close(self) -> None:
         await self._redis.aclose()
+
+
+class SubjectLock(Lock):
+    """redis-py's Lock, whose every step takes one of the index's connections, and whose
+    acquisition, with replicas asked for, counts only once they hold it: a failover to one of
+    them then keeps the lock where it was. Remembers when its last acquisition was sent, the
+    earliest its expiry can count from."""
+
+    def __init__(self, index: RedisIndex, name: str) -> None:
+        super().__init__(
+            index._redis,
+            name,
+            timeout=LOCK_SECONDS,
+            sleep=0.01,
+            blocking_timeout=LOCK_WAIT_SECONDS,
+        )
+        self.index = index
+        self.key = name
+        self.sent_at = 0.0
+
+    async def do_acquire(self, token: str | bytes) -> bool:
+        async with self.index.slot("lock"):
+            self.sent_at = asyncio.get_running_loop().time()
+            if not self.index._replicas:
+                return await super().do_acquire(token)
+            milliseconds = int(LOCK_SECONDS * 1000)
+            taken, acknowledged = await self.index.replicated(
+                self.key, "SET", self.key, token, "NX", "PX", milliseconds
+            )
+            if not taken:
+                return False
+            try:
+                self.index._check(acknowledged)
+            except NotReplicated:
+                with suppress(*_FAILURES):
+                    await super().do_release(token if isinstance(token, bytes) else token.encode())
+                raise
+            return True
+
+    async def do_reacquire(self) -> bool:  # type: ignore[override]
+        async with self.index.slot("lock renewal"):
+            return await super().do_reacquire()
+
+    async def do_release(self, expected_token: bytes) -> None:
+        async with self.index.slot("unlock"):
+            await super().do_release(expected_token)

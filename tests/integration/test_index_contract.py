@@ -59,7 +59,7 @@ async def store(request: pytest.FixtureRequest) -> AsyncIterator[IndexStore]:
     flusher = aioredis.Redis.from_url(redis_server.url)
     await flusher.flushdb()
     await flusher.aclose()
-    index = RedisIndex.from_url(redis_server.url)
+    index = RedisIndex(aioredis.Redis.from_url(redis_server.url))
     yield index
     await index.close()
 
@@ -633,7 +633,7 @@ async def test_redis_positions_continue_after_the_former_global_counter(
         await client.hset(record, mapping={"subject": SUBJECT, "artifact_type": SBOM})
     await client.set("orp:v1:position", 41)
     await client.aclose()
-    index = RedisIndex.from_url(redis_server.url)
+    index = RedisIndex(aioredis.Redis.from_url(redis_server.url))
     try:
         first = await index.page(REPO, SUBJECT, [], 0, 2)
         assert first.next_after == 40
