@@ -50,18 +50,20 @@ def open_redis_index(settings: Settings) -> RedisIndex:
     options = connection_options(settings)
     limit = settings.redis_max_connections
     client: aioredis.Redis | RedisCluster
+    sentinels: list[aioredis.Redis] = []
     if settings.redis_master is not None:
-        sentinels = Sentinel(  # type: ignore[no-untyped-call]
+        sentinel = Sentinel(  # type: ignore[no-untyped-call]
             list(settings.redis_sentinel),
             sentinel_kwargs=options,
             **options,
         )
-        client = sentinels.master_for(
+        client = sentinel.master_for(
             settings.redis_master,
             db=_database(settings),
             max_connections=limit,
             health_check_interval=15,
         )
+        sentinels = sentinel.sentinels
     elif settings.redis_cluster:
         url = URL(settings.redis_url or "")
         client = RedisCluster(
@@ -77,4 +79,9 @@ def open_redis_index(settings: Settings) -> RedisIndex:
             health_check_interval=15,
             **options,
         )
-    return RedisIndex(client, replicas=settings.replicas_to_wait_for, max_connections=limit)
+    return RedisIndex(
+        client,
+        replicas=settings.replicas_to_wait_for,
+        max_connections=limit,
+        sentinels=sentinels,
+    )

@@ -36,7 +36,10 @@ LOCK_SAFE_SHARE = 0.95
 RENEW_RETRY_SECONDS = 0.2  # between renewal attempts while Redis does not answer (failover)
 WAIT_MILLISECONDS = 1000  # how long a write waits for its replicas before it counts as failed
 _BATCH = 500  # referrers per script call: a long listing must not stall Redis for others
-_FAILURES = (RedisError, RedisClusterException, OSError)
+# AttributeError: redis-py's async cluster client closes every connection when a node reports
+# CLUSTERDOWN (as during a failover), and an operation connecting at that moment fails on its
+# closed writer with AttributeError instead of a ConnectionError.
+_FAILURES = (RedisError, RedisClusterException, OSError, AttributeError)
 
 Client = aioredis.Redis | RedisCluster
 
@@ -136,11 +139,20 @@ class NotReplicated(RedisError):
 
 
 class RedisIndex:
-    def __init__(self, client: Client, *, replicas: int = 0, max_connections: int = 64) -> None:
+    def __init__(
+        self,
+        client: Client,
+        *,
+        replicas: int = 0,
+        max_connections: int = 64,
+        sentinels: Sequence[aioredis.Redis] = (),
+    ) -> None:
         """`max_connections` operations run at once and the rest wait (up to
         POOL_WAIT_SECONDS): the bound holds for every kind of client, where redis-py's own pools
-        either fail at their cap ("Too many connections", seen in the soak) or have none."""
+        either fail at their cap ("Too many connections", seen in the soak) or have none.
+        `sentinels`: the clients that find the master, closed with it."""
         self._redis = client
+        self._sentinels = sentinels
         self._replicas = replicas
         self._connections = asyncio.Semaphore(max_connections)
         self._add = client.register_script(_ADD)
@@ -191,7 +203,8 @@ class RedisIndex:
                     if isinstance(step.result, Exception):
                         raise step.result
             except _FAILURES:
-                await self._redis.aclose()
+                with suppress(*_FAILURES):  # the cluster may be mid-failover: next time, then
+                    await self._redis.nodes_manager.initialize()
                 raise
             result, acknowledged = sent[0].result, sent[1].result
         else:
@@ -374,7 +387,7 @@ class RedisIndex:
             await self._redis.ping()
 
     async def close(self) -> None:
-        await self._redis.aclose()
+        await asyncio.gather(self._redis.aclose(), *(s.aclose() for s in self._sentinels))
 
 
 class SubjectLock(Lock):

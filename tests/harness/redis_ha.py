@@ -17,6 +17,7 @@ from tests.harness.processes import free_port, start_redis, stop
 NODE_TIMEOUT_MS = 1000  # cluster: a master silent this long is failed over
 DOWN_AFTER_MS = 1000  # sentinel: likewise
 MASTER_NAME = "orp"
+FAST_SYNC = ("--repl-diskless-sync-delay", "0")  # a returning replica syncs at once, not in 5 s
 
 
 def redis_cli(port: int, *args: str) -> str:
@@ -56,11 +57,26 @@ def cluster_port() -> int:
 class Node:
     port: int
     process: subprocess.Popen[bytes]
+    workdir: Path
+    args: tuple[str, ...] = ()
+    config: Path | None = None
+
+    @classmethod
+    def start(cls, stack: ExitStack, workdir: Path, *args: str, config: Path | None = None) -> Node:
+        port = cluster_port()
+        node = cls(port, start_redis(workdir, port, *args, config=config), workdir, args, config)
+        stack.callback(lambda: stop(node.process))
+        return node
 
     def kill(self) -> None:
         """SIGKILL: no goodbye to the cluster or the replicas."""
         self.process.kill()
         self.process.wait()
+
+    def restart(self, *extra: str) -> None:
+        """Back on its port with its own directory (a cluster node keeps its nodes.conf, so it
+        comes back as what the cluster now makes it: the replica of the node that took over)."""
+        self.process = start_redis(self.workdir, self.port, *self.args, *extra, config=self.config)
 
 
 @dataclass
@@ -89,6 +105,11 @@ class Cluster:
             found[port] = ranges
         return found
 
+    def taken_over(self, port: int) -> bool:
+        """The master on `port` is marked failed and another node serves its slots."""
+        masters = self.masters()
+        return port not in masters and len(masters) == len(self.nodes) // 2 and self.healthy()
+
     def node(self, port: int) -> Node:
         return next(node for node in self.nodes if node.port == port)
 
@@ -103,21 +124,20 @@ class Cluster:
 def running_cluster(workdir: Path, masters: int = 3) -> Iterator[Cluster]:
     """`masters` masters and one replica each, slots assigned by `redis-cli --cluster create`."""
     with ExitStack() as stack:
-        nodes = []
-        for n in range(masters * 2):
-            port = cluster_port()
-            process = start_redis(
+        nodes = [
+            Node.start(
+                stack,
                 workdir / f"node-{n}",
-                port,
                 "--cluster-enabled",
                 "yes",
                 "--cluster-config-file",
                 str(workdir / f"node-{n}" / "nodes.conf"),
                 "--cluster-node-timeout",
                 str(NODE_TIMEOUT_MS),
+                *FAST_SYNC,
             )
-            stack.callback(stop, process)
-            nodes.append(Node(port, process))
+            for n in range(masters * 2)
+        ]
         subprocess.run(
             [
                 "redis-cli",
@@ -154,9 +174,14 @@ class SentinelSet:
     replica: Node
     sentinels: list[Node]
 
-    @property
-    def sentinel_hosts(self) -> str:
-        return ",".join(f"127.0.0.1:{node.port}" for node in self.sentinels)
+    def hosts(self) -> tuple[tuple[str, int], ...]:
+        return tuple(("127.0.0.1", node.port) for node in self.sentinels)
+
+    def rejoin(self, old: Node) -> None:
+        """Start a failed master again as a replica of the current one, as an orchestrator
+        would (Sentinel alone converts it too, but only after watching it for ~10 s)."""
+        old.restart("--replicaof", "127.0.0.1", str(self.current_master()))
+        wait_for(lambda: in_sync(old.port), "the old master back as a replica")
 
     def current_master(self) -> int:
         """The master's port, as the first live Sentinel names it."""
@@ -166,38 +191,33 @@ class SentinelSet:
 
 
 @contextmanager
-def running_sentinels(workdir: Path, sentinels: int = 3) -> Iterator[SentinelSet]:
+def running_sentinels(
+    workdir: Path, *server_args: str, sentinels: int = 3
+) -> Iterator[SentinelSet]:
     """A master, a replica of it, and `sentinels` Sentinels with a quorum of two."""
     with ExitStack() as stack:
-        master_port = free_port()
-        master = Node(master_port, start_redis(workdir / "master", master_port))
-        stack.callback(stop, master.process)
-        replica_port = free_port()
-        replica = Node(
-            replica_port,
-            start_redis(
-                workdir / "replica", replica_port, "--replicaof", "127.0.0.1", str(master_port)
-            ),
+        master = Node.start(stack, workdir / "master", *FAST_SYNC, *server_args)
+        replica = Node.start(
+            stack,
+            workdir / "replica",
+            *FAST_SYNC,
+            *server_args,
+            "--replicaof",
+            "127.0.0.1",
+            str(master.port),
         )
-        stack.callback(stop, replica.process)
-        wait_for(
-            lambda: "master_link_status:up" in redis_cli(replica_port, "info", "replication"),
-            "replica in sync",
-        )
+        wait_for(lambda: in_sync(replica.port), "replica in sync")
         watchers = []
         for n in range(sentinels):
-            port = free_port()
             directory = workdir / f"sentinel-{n}"
             directory.mkdir(parents=True)
             config = directory / "sentinel.conf"
             config.write_text(
-                f"sentinel monitor {MASTER_NAME} 127.0.0.1 {master_port} 2\n"
+                f"sentinel monitor {MASTER_NAME} 127.0.0.1 {master.port} 2\n"
                 f"sentinel down-after-milliseconds {MASTER_NAME} {DOWN_AFTER_MS}\n"
                 f"sentinel failover-timeout {MASTER_NAME} 5000\n"
             )
-            process = start_redis(directory, port, "--sentinel", config=config)
-            stack.callback(stop, process)
-            watchers.append(Node(port, process))
+            watchers.append(Node.start(stack, directory, "--sentinel", config=config))
         found = SentinelSet(master, replica, watchers)
         wait_for(
             lambda: all(
@@ -208,6 +228,11 @@ def running_sentinels(workdir: Path, sentinels: int = 3) -> Iterator[SentinelSet
             "sentinels know each other",
         )
         yield found
+
+
+def in_sync(port: int) -> bool:
+    """A replica whose link to its master is up."""
+    return "master_link_status:up" in redis_cli(port, "info", "replication")
 
 
 def _other_sentinels(port: int) -> int:
