@@ -13,13 +13,22 @@ from typing import Any
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
+from redis.backoff import NoBackoff
 from yarl import URL
 
 from proxy.config import Settings
 from proxy.index.redis import RedisIndex
 
 SOCKETS: dict[str, Any] = {"socket_connect_timeout": 2.0, "socket_timeout": 5.0}
+
+
+def _no_retry() -> Retry:
+    """A failure surfaces at once: the request answers 503 (its client retries) or reads fall
+    back, instead of being held through redis-py's backoff (its client default since 6.0). The
+    cluster client keeps its own retries: they follow the cluster's new layout after a failover."""
+    return Retry(NoBackoff(), 0)
 
 
 def connection_options(settings: Settings) -> dict[str, Any]:
@@ -60,6 +69,7 @@ def open_redis_index(settings: Settings) -> RedisIndex:
         client = sentinel.master_for(
             settings.redis_master,
             db=_database(settings),
+            retry=_no_retry(),
             max_connections=limit,
             health_check_interval=15,
         )
@@ -77,6 +87,7 @@ def open_redis_index(settings: Settings) -> RedisIndex:
             db=_database(settings),
             max_connections=limit,
             health_check_interval=15,
+            retry=_no_retry(),
             **options,
         )
     return RedisIndex(
