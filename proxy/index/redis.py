@@ -13,7 +13,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Collection, Sequence
 from contextlib import asynccontextmanager, suppress
-from typing import Any
+from typing import Any, Literal
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import PipelineCommand, RedisCluster
@@ -151,9 +151,9 @@ class RedisIndex:
         POOL_WAIT_SECONDS): the bound holds for every kind of client, where redis-py's own pools
         either fail at their cap ("Too many connections", seen in the soak) or have none.
         `sentinels`: the clients that find the master, closed with it."""
-        self._redis = client
+        self.client = client
         self._sentinels = sentinels
-        self._replicas = replicas
+        self.replicas = replicas
         self._connections = asyncio.Semaphore(max_connections)
         self._add = client.register_script(_ADD)
         self._remove = client.register_script(_REMOVE)
@@ -188,14 +188,14 @@ class RedisIndex:
         rediscover the cluster, and the caller's client retries."""
         result: Any
         acknowledged: Any
-        if isinstance(self._redis, RedisCluster):
-            await self._redis.initialize()
-            node = self._redis.get_node_from_key(key)
+        if isinstance(self.client, RedisCluster):
+            await self.client.initialize()
+            node = self.client.get_node_from_key(key)
             if node is None:
                 raise IndexUnavailable(f"no Redis Cluster node serves {key}")
             sent = [
                 PipelineCommand(0, *command),
-                PipelineCommand(1, "WAIT", self._replicas, WAIT_MILLISECONDS),
+                PipelineCommand(1, "WAIT", self.replicas, WAIT_MILLISECONDS),
             ]
             try:
                 await node.execute_pipeline(sent)
@@ -204,31 +204,31 @@ class RedisIndex:
                         raise step.result
             except _FAILURES:
                 with suppress(*_FAILURES):  # the cluster may be mid-failover: next time, then
-                    await self._redis.nodes_manager.initialize()
+                    await self.client.nodes_manager.initialize()
                 raise
             result, acknowledged = sent[0].result, sent[1].result
         else:
-            async with self._redis.pipeline(transaction=False) as pipe:
+            async with self.client.pipeline(transaction=False) as pipe:
                 pipe.execute_command(*command)
-                pipe.execute_command("WAIT", self._replicas, WAIT_MILLISECONDS)
+                pipe.execute_command("WAIT", self.replicas, WAIT_MILLISECONDS)
                 result, acknowledged = await pipe.execute()
         return result, int(acknowledged)
 
-    def _check(self, acknowledged: int) -> None:
-        if acknowledged < self._replicas:
-            raise NotReplicated(f"{acknowledged} of {self._replicas} replicas hold the write")
+    def require_replicas(self, acknowledged: int) -> None:
+        if acknowledged < self.replicas:
+            raise NotReplicated(f"{acknowledged} of {self.replicas} replicas hold the write")
 
     async def _write_script(
         self, script: Any, script_keys: list[str], args: Sequence[str | bytes | float | int]
     ) -> Any:
         """A write script, by its digest when no replica has to hold it; else sent whole (a
         promoted replica may not have it cached) and waited for."""
-        if not self._replicas:
+        if not self.replicas:
             return await script(keys=script_keys, args=args)
         result, acknowledged = await self.replicated(
             script_keys[0], "EVAL", script.script, len(script_keys), *script_keys, *args
         )
-        self._check(acknowledged)
+        self.require_replicas(acknowledged)
         return result
 
     async def add(self, repository: str, referrer: Referrer) -> None:
@@ -250,7 +250,7 @@ class RedisIndex:
         args: list[str | bytes | float | int] = ["1" if push else "0", time.time()]
         type_sets = []
         async with self.connection("add"):
-            async with self._redis.pipeline(transaction=False) as records:
+            async with self.client.pipeline(transaction=False) as records:
                 for referrer in referrers:
                     records.hset(
                         keys.referrer(repository, referrer.digest),
@@ -279,7 +279,7 @@ class RedisIndex:
         script on the subject's slot; the record goes last."""
         record = keys.referrer(repository, digest)
         async with self.connection("remove"):
-            subject, artifact_type = await self._redis.hmget(record, ["subject", "artifact_type"])
+            subject, artifact_type = await self.client.hmget(record, ["subject", "artifact_type"])
             if subject is None:
                 return
             subject = _text(subject)
@@ -293,7 +293,7 @@ class RedisIndex:
                 ],
                 [digest, time.time() + TOMBSTONE_SECONDS, int(TOMBSTONE_SECONDS)],
             )
-            await self._redis.delete(record)
+            await self.client.delete(record)
 
     async def page(
         self,
@@ -316,7 +316,7 @@ class RedisIndex:
 
     async def tag_sync(self, repository: str, subject: str) -> TagSync | None:
         async with self.connection("read"):
-            digest, at = await self._redis.hmget(
+            digest, at = await self.client.hmget(
                 keys.tag_sync(repository, subject), ["digest", "at"]
             )
         if digest is None or at is None:
@@ -327,9 +327,9 @@ class RedisIndex:
         key = keys.tag_sync(repository, subject)
         async with self.connection("write"):
             if sync.digest:
-                await self._redis.hset(key, mapping={"digest": sync.digest, "at": sync.at})
+                await self.client.hset(key, mapping={"digest": sync.digest, "at": sync.at})
             else:
-                await self._redis.delete(key)
+                await self.client.delete(key)
 
     @asynccontextmanager
     async def subject_lock(self, repository: str, subject: str) -> AsyncIterator[None]:
@@ -384,10 +384,10 @@ class RedisIndex:
 
     async def ping(self) -> None:
         async with self.connection("ping"):
-            await self._redis.ping()
+            await self.client.ping()
 
     async def close(self) -> None:
-        await asyncio.gather(self._redis.aclose(), *(s.aclose() for s in self._sentinels))
+        await asyncio.gather(self.client.aclose(), *(s.aclose() for s in self._sentinels))
 
 
 class SubjectLock(Lock):
@@ -398,7 +398,7 @@ class SubjectLock(Lock):
 
     def __init__(self, index: RedisIndex, name: str) -> None:
         super().__init__(
-            index._redis,
+            index.client,
             name,
             timeout=LOCK_SECONDS,
             sleep=0.01,
@@ -411,7 +411,7 @@ class SubjectLock(Lock):
     async def do_acquire(self, token: str | bytes) -> bool:
         async with self.index.slot("lock"):
             self.sent_at = asyncio.get_running_loop().time()
-            if not self.index._replicas:
+            if not self.index.replicas:
                 return await super().do_acquire(token)
             milliseconds = int(LOCK_SECONDS * 1000)
             taken, acknowledged = await self.index.replicated(
@@ -420,14 +420,14 @@ class SubjectLock(Lock):
             if not taken:
                 return False
             try:
-                self.index._check(acknowledged)
+                self.index.require_replicas(acknowledged)
             except NotReplicated:
                 with suppress(*_FAILURES):
                     await super().do_release(token if isinstance(token, bytes) else token.encode())
                 raise
             return True
 
-    async def do_reacquire(self) -> bool:  # type: ignore[override]
+    async def do_reacquire(self) -> Literal[True]:
         async with self.index.slot("lock renewal"):
             return await super().do_reacquire()
 
