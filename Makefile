@@ -59,6 +59,7 @@ endif
 test-system-deps:
 	$(call need,docker-registry,docker-registry)
 	$(call need,redis-server,redis-server)
+	$(call need,redis-cli,redis-tools)
 	$(call need,skopeo,skopeo)
 	$(call need,openssl,openssl)
 	$(call need,curl,curl)

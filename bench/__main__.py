@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import attach, blobs, large, manifests, referrers, reindex
+from bench import attach, blobs, large, manifests, redis_ha, referrers, reindex
 from bench.report import Row, table, write_json
 from bench.stack import Plan, Stack
 
@@ -28,6 +28,7 @@ SCENARIOS: dict[str, Scenario] = {
     attach.SCENARIO: attach.run,
     large.SCENARIO: large.run,
     reindex.SCENARIO: reindex.run,
+    redis_ha.SCENARIO: redis_ha.run,
 }
 DEFAULT_JSON = Path(__file__).parent / "results" / "latest.json"
 

@@ -4,9 +4,10 @@ started once, and proxy processes started on demand, each configured as an opera
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from bench.procfs import MiB
 from tests.harness.processes import (
@@ -17,6 +18,8 @@ from tests.harness.processes import (
     running_redis,
     running_registry,
 )
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -99,6 +102,10 @@ class Stack:
                 running_proxy(self.workdir / f"proxy-{name}", self.registry.url, *args)
             )
         return self._proxies[name]
+
+    def enter(self, context: AbstractContextManager[T]) -> T:
+        """Keep `context` (more processes) running until the stack stops."""
+        return self._exits.enter_context(context)
 
     def redis_proxy(self, name: str, *args: str) -> ProxyProcess:
         return self.proxy(name, "--redis-url", self.redis_url(0), *args)

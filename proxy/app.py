@@ -125,7 +125,7 @@ def make_app(
                 client,
                 store,
                 metrics,
-                behind=settings.keep_tags and settings.redis_url is not None,
+                behind=settings.keep_tags and settings.uses_redis,
                 delay=settings.tag_write_delay,
                 max_bytes=settings.tag_index_max_bytes,
                 max_annotation_bytes=settings.max_annotation_bytes,

@@ -19,7 +19,9 @@ from proxy.config import (
     Settings,
     SettingsError,
     check_pairs,
+    parse_hosts,
     parse_listen,
+    parse_redis_url,
     parse_upstream,
 )
 
@@ -108,11 +110,35 @@ class Option:
 SERVE_OPTIONS: tuple[Option, ...] = (
     Option("upstream", parse_upstream, "registry to front (http:// or https:// origin)", True),
     Option("listen", parse_listen, "address to serve on, HOST:PORT (default 127.0.0.1:8080)"),
-    Option("redis-url", str, "Redis URL for a shared index; without it the index is in-process"),
+    Option(
+        "redis-url",
+        parse_redis_url,
+        "redis:// or rediss:// (TLS) URL for a shared index; without it the index is in-process",
+    ),
     Option(
         "redis-max-connections",
         _positive_int,
         "Redis connections per process; more requests wait for one (default 64)",
+    ),
+    Option("redis-ca-file", str, "PEM bundle that verifies a rediss:// Redis (and sentinels)"),
+    Option("redis-password-file", str, "file holding the Redis password (ACL user in the URL)"),
+    Option(
+        "redis-cluster",
+        _bool,
+        "--redis-url is a seed node of a Redis Cluster",
+        is_switch=True,
+    ),
+    Option(
+        "redis-sentinel",
+        parse_hosts,
+        "HOST:PORT[,HOST:PORT...] of Sentinels that find the master; needs --redis-master",
+    ),
+    Option("redis-master", str, "name of the master the Sentinels watch"),
+    Option(
+        "redis-wait-replicas",
+        _non_negative_int,
+        "replicas that must hold an index write before it is acknowledged"
+        " (default 1 with a cluster or sentinels, else 0)",
     ),
     Option("upstream-ca-file", str, "PEM bundle to verify the upstream's TLS certificate"),
     Option(
@@ -208,6 +234,12 @@ _REINDEX_SHARED = frozenset(
         "upstream",
         "redis-url",
         "redis-max-connections",
+        "redis-ca-file",
+        "redis-password-file",
+        "redis-cluster",
+        "redis-sentinel",
+        "redis-master",
+        "redis-wait-replicas",
         "max-annotation-bytes",
         "keep-tags",
         "upstream-ca-file",
@@ -315,7 +347,7 @@ def _reindex_command(args: argparse.Namespace, environ: Mapping[str, str]) -> Re
     auth = None
     if username is not None:
         auth = "Basic " + base64.b64encode(f"{username}:{password}".encode()).decode()
-    return ReindexCommand(Settings(**values), args.repository, auth, args.resume)
+    return ReindexCommand(check_pairs(Settings(**values)), args.repository, auth, args.resume)
 
 
 def _run_reindex(command: ReindexCommand) -> int:

@@ -36,6 +36,12 @@ class Settings:
     listen_port: int = 8080
     redis_url: str | None = None
     redis_max_connections: int = 64
+    redis_ca_file: str | None = None  # verifies a rediss:// server (and the sentinels)
+    redis_password_file: str | None = None  # read at start-up; never in the URL then
+    redis_cluster: bool = False  # redis_url is a seed node of a Redis Cluster
+    redis_sentinel: tuple[tuple[str, int], ...] = ()  # find the master through these
+    redis_master: str | None = None  # the name the sentinels know the master by
+    redis_wait_replicas: int | None = None  # None: 1 with a cluster or sentinels, else 0
     upstream_ca_file: str | None = None
     upstream_insecure: bool = False
     connect_timeout: float = 10.0
@@ -61,6 +67,18 @@ class Settings:
     tag_write_delay: float = 1.0  # seconds a tag-schema write behind waits for more changes
     tag_index_max_bytes: int = 4 * MiB  # Distribution's manifest limit
 
+    @property
+    def uses_redis(self) -> bool:
+        return self.redis_url is not None or bool(self.redis_sentinel)
+
+    @property
+    def replicas_to_wait_for(self) -> int:
+        """How many replicas must hold an index write before it counts: one by default where
+        replicas take over (a cluster, Sentinel), none for a single server."""
+        if self.redis_wait_replicas is not None:
+            return self.redis_wait_replicas
+        return 1 if self.redis_cluster or self.redis_sentinel else 0
+
 
 def check_pairs(settings: Settings) -> Settings:
     """Settings that only make sense together."""
@@ -71,7 +89,59 @@ def check_pairs(settings: Settings) -> Settings:
             "--tag-index-max-bytes cannot pass --max-manifest-bytes: the proxy could not read"
             " back the tag-schema indexes it writes"
         )
+    check_redis(settings)
     return settings
+
+
+def check_redis(settings: Settings) -> None:
+    """One way to reach Redis, and options only where they apply."""
+    url = URL(settings.redis_url) if settings.redis_url is not None else None
+    if bool(settings.redis_sentinel) != (settings.redis_master is not None):
+        raise SettingsError("--redis-sentinel and --redis-master go together")
+    if settings.redis_sentinel and settings.redis_cluster:
+        raise SettingsError("--redis-sentinel and --redis-cluster exclude each other: pick one")
+    if settings.redis_sentinel and url is not None and url.host:
+        raise SettingsError(
+            "with --redis-sentinel the master is found by name: --redis-url may only give the"
+            " scheme, user, password and database (e.g. rediss://user@/0), not a host"
+        )
+    if settings.redis_cluster and (url is None or not url.host):
+        raise SettingsError("--redis-cluster needs --redis-url naming a seed node")
+    if not settings.uses_redis:
+        for name, value in (
+            ("--redis-ca-file", settings.redis_ca_file),
+            ("--redis-password-file", settings.redis_password_file),
+            ("--redis-wait-replicas", settings.redis_wait_replicas),
+        ):
+            if value is not None:
+                raise SettingsError(f"{name} needs --redis-url or --redis-sentinel")
+    if settings.redis_ca_file is not None and (url is None or url.scheme != "rediss"):
+        raise SettingsError("--redis-ca-file needs a rediss:// --redis-url (TLS)")
+    if settings.redis_password_file is not None and url is not None and url.password:
+        raise SettingsError("a password in --redis-url and --redis-password-file: give one")
+
+
+def parse_redis_url(value: str) -> str:
+    """`redis://` or `rediss://` (TLS), with an optional user, password and database. The text
+    is kept as given: it may hold a password, so it is never echoed in an error."""
+    url = URL(value.strip())
+    if url.scheme not in ("redis", "rediss"):
+        raise SettingsError("must start with redis:// or rediss://")
+    if url.path not in ("", "/") and not url.path[1:].isdigit():
+        raise SettingsError("may only name a database number as its path")
+    return value.strip()
+
+
+def parse_hosts(value: str) -> tuple[tuple[str, int], ...]:
+    """`HOST:PORT[,HOST:PORT...]` (`[V6]:PORT` too)."""
+    hosts = []
+    for item in value.split(","):
+        host, sep, port = item.strip().rpartition(":")
+        host = host.removeprefix("[").removesuffix("]")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) <= 65535:
+            raise SettingsError(f"expected HOST:PORT[,HOST:PORT...], got {value!r}")
+        hosts.append((host, int(port)))
+    return tuple(hosts)
 
 
 def parse_upstream(value: str) -> URL:

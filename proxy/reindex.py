@@ -251,7 +251,7 @@ async def reindex(
 ) -> Summary:
     """Run a whole reindex, skipping the repositories in `done` and appending each finished one
     to `marks` (the checkpoint a later `--resume` reads)."""
-    index = open_index(settings) if settings.redis_url else None
+    index = open_index(settings) if settings.uses_redis else None
     if index is None:
         log.warning(
             "no --redis-url: no index is rebuilt; missing keep tags are still added"

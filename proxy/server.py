@@ -95,7 +95,7 @@ async def run(settings: Settings) -> None:
             "https" if settings.tls_cert else "http",
             settings.listen_host,
             settings.listen_port,
-            "redis" if settings.redis_url else "embedded",
+            "redis" if settings.uses_redis else "embedded",
         )
         stopping = asyncio.Event()
         loop = asyncio.get_running_loop()

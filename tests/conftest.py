@@ -15,6 +15,7 @@ from aiohttp.test_utils import TestServer
 from proxy.app import make_app
 from proxy.config import Settings, parse_upstream
 from tests.harness.processes import Redis, Registry, running_redis, running_registry
+from tests.harness.redis_ha import Cluster, running_cluster
 
 AUTH_USER = "alice"
 AUTH_PASSWORD = "wonderland"
@@ -42,6 +43,14 @@ def auth_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Redis]:
     with running_redis(tmp_path_factory.mktemp("redis")) as started:
+        yield started
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    """A Redis Cluster (3 masters, 3 replicas) nobody kills: tests that fail nodes over start
+    their own."""
+    with running_cluster(tmp_path_factory.mktemp("redis-cluster")) as started:
         yield started
 
 

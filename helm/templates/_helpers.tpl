@@ -46,7 +46,7 @@ app.kubernetes.io/component: redis
 
 {{/* Whether the proxy has a Redis index; true renders as a non-empty string. */}}
 {{- define "referrers-proxy.hasRedis" -}}
-{{- if or .Values.redis.enabled .Values.redis.url .Values.redis.existingSecret }}true{{ end }}
+{{- if or .Values.redis.enabled .Values.redis.url .Values.redis.existingSecret .Values.redis.sentinel.hosts }}true{{ end }}
 {{- end }}
 
 {{- define "referrers-proxy.scheme" -}}
@@ -69,6 +69,12 @@ app.kubernetes.io/component: redis
 {{- end }}
 {{- if and .Values.redis.url .Values.redis.existingSecret }}
 {{- fail "set redis.url or redis.existingSecret, not both" }}
+{{- end }}
+{{- if ne (empty .Values.redis.sentinel.hosts) (empty .Values.redis.sentinel.masterName) }}
+{{- fail "redis.sentinel.hosts and redis.sentinel.masterName go together" }}
+{{- end }}
+{{- if and .Values.redis.sentinel.hosts (or .Values.redis.cluster .Values.redis.enabled) }}
+{{- fail "redis.sentinel finds an external master: not with redis.cluster or redis.enabled" }}
 {{- end }}
 {{- end }}
 
@@ -105,6 +111,28 @@ app.kubernetes.io/component: redis
     - name: REFERRERS_PROXY_REDIS_URL
       value: {{ .Values.redis.url | quote }}
     {{- end }}
+    {{- if .Values.redis.cluster }}
+    - name: REFERRERS_PROXY_REDIS_CLUSTER
+      value: "true"
+    {{- end }}
+    {{- with .Values.redis.sentinel.hosts }}
+    - name: REFERRERS_PROXY_REDIS_SENTINEL
+      value: {{ join "," . | quote }}
+    - name: REFERRERS_PROXY_REDIS_MASTER
+      value: {{ $.Values.redis.sentinel.masterName | quote }}
+    {{- end }}
+    {{- if .Values.redis.passwordSecret }}
+    - name: REFERRERS_PROXY_REDIS_PASSWORD_FILE
+      value: /etc/referrers-proxy/redis-password/{{ .Values.redis.passwordSecretKey }}
+    {{- end }}
+    {{- if .Values.redis.caSecret }}
+    - name: REFERRERS_PROXY_REDIS_CA_FILE
+      value: /etc/referrers-proxy/redis-ca/{{ .Values.redis.caSecretKey }}
+    {{- end }}
+    {{- if not (kindIs "invalid" .Values.redis.waitReplicas) }}
+    - name: REFERRERS_PROXY_REDIS_WAIT_REPLICAS
+      value: {{ .Values.redis.waitReplicas | quote }}
+    {{- end }}
     {{- if .Values.tls.secretName }}
     - name: REFERRERS_PROXY_TLS_CERT
       value: /etc/referrers-proxy/tls/tls.crt
@@ -138,11 +166,21 @@ app.kubernetes.io/component: redis
     {{- toYaml .Values.resources | nindent 4 }}
   securityContext:
     {{- toYaml .Values.securityContext | nindent 4 }}
-  {{- if or .Values.tls.secretName .Values.extraVolumeMounts }}
+  {{- if or .Values.tls.secretName .Values.redis.passwordSecret .Values.redis.caSecret .Values.extraVolumeMounts }}
   volumeMounts:
     {{- if .Values.tls.secretName }}
     - name: tls
       mountPath: /etc/referrers-proxy/tls
+      readOnly: true
+    {{- end }}
+    {{- if .Values.redis.passwordSecret }}
+    - name: redis-password
+      mountPath: /etc/referrers-proxy/redis-password
+      readOnly: true
+    {{- end }}
+    {{- if .Values.redis.caSecret }}
+    - name: redis-ca
+      mountPath: /etc/referrers-proxy/redis-ca
       readOnly: true
     {{- end }}
     {{- with .Values.extraVolumeMounts }}

@@ -2,13 +2,14 @@
 
 from proxy.config import Settings
 from proxy.index.base import IndexStore, IndexUnavailable, Page
+from proxy.index.connect import open_redis_index
 from proxy.index.embedded import EmbeddedIndex
 from proxy.index.redis import RedisIndex
 
 
 def open_index(settings: Settings) -> IndexStore:
-    if settings.redis_url:
-        return RedisIndex.from_url(settings.redis_url, settings.redis_max_connections)
+    if settings.uses_redis:
+        return open_redis_index(settings)
     return EmbeddedIndex()
 
 

@@ -36,6 +36,7 @@ __all__ = [
     "running_proxy",
     "running_redis",
     "running_registry",
+    "start_redis",
 ]
 
 REDIS_BIN = os.environ.get("REDIS_SERVER_BIN", "redis-server")
@@ -90,16 +91,19 @@ class Redis:
     process: subprocess.Popen[bytes]
 
 
-@contextmanager
-def running_redis(workdir: Path, *, port: int | None = None) -> Iterator[Redis]:
-    """A redis-server that keeps nothing on disk."""
+def start_redis(
+    workdir: Path, port: int, *extra: str, config: Path | None = None
+) -> subprocess.Popen[bytes]:
+    """A redis-server that keeps nothing on disk, answering PING on `port` when this returns.
+    `extra` comes last, so it can override; `config` (a Sentinel's, which must be a writable
+    file) comes first."""
     if not shutil.which(REDIS_BIN):
         raise RuntimeError(f"{REDIS_BIN} not found: install Debian's redis-server")
-    port = port or free_port()
     workdir.mkdir(parents=True, exist_ok=True)
     process = subprocess.Popen(
         [
             REDIS_BIN,
+            *([str(config)] if config is not None else []),
             "--port",
             str(port),
             "--bind",
@@ -112,12 +116,25 @@ def running_redis(workdir: Path, *, port: int | None = None) -> Iterator[Redis]:
             str(workdir),
             "--logfile",
             str(workdir / "redis.log"),
+            *extra,
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.STDOUT,
     )
     try:
         wait_until(lambda: _tcp_answers(port), f"redis-server on port {port}", process)
+    except RuntimeError:
+        stop(process)
+        raise
+    return process
+
+
+@contextmanager
+def running_redis(workdir: Path, *, port: int | None = None) -> Iterator[Redis]:
+    """A redis-server that keeps nothing on disk."""
+    port = port or free_port()
+    process = start_redis(workdir, port)
+    try:
         yield Redis(f"redis://127.0.0.1:{port}/0", port, process)
     finally:
         stop(process)

@@ -72,7 +72,7 @@ async def test_descriptors_stored_before_the_bound_are_cut_in_answers(
     repo: str,
 ) -> None:
     subject = await push_subject_image(http, registry.url, repo)
-    index = RedisIndex.from_url(redis_server.url)
+    index = RedisIndex(aioredis.Redis.from_url(redis_server.url))
     old = {"mediaType": IMAGE_MANIFEST, "digest": "sha256:" + "1" * 64, "size": 9}
     try:
         await index.add(

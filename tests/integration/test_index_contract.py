@@ -12,12 +12,14 @@ from typing import Any
 import orjson
 import pytest
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 from redis.crc import key_slot
 
 from proxy.index import EmbeddedIndex, IndexStore, RedisIndex
 from proxy.index.base import TagSync
 from proxy.manifest import IMAGE_MANIFEST, Referrer
 from tests.harness.processes import Redis
+from tests.harness.redis_ha import Cluster
 
 
 def sha256(text: str) -> str:
@@ -50,16 +52,25 @@ def digests_of(referrers: list[Referrer]) -> list[str]:
     return [r.digest for r in referrers]
 
 
-@pytest.fixture(params=["embedded", "redis"])
+@pytest.fixture(params=["embedded", "redis", "cluster"])
 async def store(request: pytest.FixtureRequest) -> AsyncIterator[IndexStore]:
     if request.param == "embedded":
         yield EmbeddedIndex()
+        return
+    if request.param == "cluster":
+        cluster: Cluster = request.getfixturevalue("redis_cluster")
+        client = RedisCluster.from_url(cluster.seed_url)
+        await client.flushdb(target_nodes=RedisCluster.PRIMARIES)
+        # Every write waited for on the subject's replica, as the proxy does on a cluster.
+        index = RedisIndex(client, replicas=1)
+        yield index
+        await index.close()
         return
     redis_server: Redis = request.getfixturevalue("redis_server")
     flusher = aioredis.Redis.from_url(redis_server.url)
     await flusher.flushdb()
     await flusher.aclose()
-    index = RedisIndex.from_url(redis_server.url)
+    index = RedisIndex(aioredis.Redis.from_url(redis_server.url))
     yield index
     await index.close()
 
@@ -633,7 +644,7 @@ async def test_redis_positions_continue_after_the_former_global_counter(
         await client.hset(record, mapping={"subject": SUBJECT, "artifact_type": SBOM})
     await client.set("orp:v1:position", 41)
     await client.aclose()
-    index = RedisIndex.from_url(redis_server.url)
+    index = RedisIndex(aioredis.Redis.from_url(redis_server.url))
     try:
         first = await index.page(REPO, SUBJECT, [], 0, 2)
         assert first.next_after == 40
@@ -693,7 +704,7 @@ async def test_redis_positions_stay_ordered_while_the_former_release_still_write
     client = aioredis.Redis.from_url(redis_server.url)
     await client.flushdb()
     await client.set("orp:v1:position", 100_000)
-    index = RedisIndex.from_url(redis_server.url)
+    index = RedisIndex(aioredis.Redis.from_url(redis_server.url))
     try:
         await index.add(REPO, referrer(0))
         former = client.register_script(_FORMER_ADD)

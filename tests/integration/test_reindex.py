@@ -144,7 +144,7 @@ async def test_a_delete_during_the_reindex_stays_deleted(
     legacy = await legacy_attach(http, registry.url, repo, image, 1)
     digest = sha256(legacy)
     assert await listed_referrers(http, proxy, repo, image) == [digest]
-    index = RedisIndex.from_url(redis_server.url)
+    index = RedisIndex(aioredis.Redis.from_url(redis_server.url))
     deletes: list[int] = []
     async with aiohttp.ClientSession() as session:
         client = RegistryClient(session, parse_upstream(registry.url), 64 * 1024 * 1024)

@@ -9,6 +9,7 @@ import random
 
 import aiohttp
 import pytest
+import redis.asyncio as aioredis
 
 from proxy.index import redis as redis_index
 from tests.conftest import StartProxy
@@ -67,7 +68,7 @@ async def test_a_held_lock_is_let_go_however_its_renewal_ends(
     every 0.1 s, held up to 0.4 s, 300 holds over 20 subjects (before the fix, about a quarter
     never came back)."""
     monkeypatch.setattr(redis_index, "LOCK_SECONDS", 0.3)
-    index = redis_index.RedisIndex.from_url(redis_server.url)
+    index = redis_index.RedisIndex(aioredis.Redis.from_url(redis_server.url))
     rng = random.Random(7)
     holds = [(f"sha256:{n % 20:064x}", rng.random() * 0.4) for n in range(300)]
     stuck = 0
@@ -80,6 +81,8 @@ async def test_a_held_lock_is_let_go_however_its_renewal_ends(
                     await asyncio.sleep(seconds)
         except TimeoutError:
             stuck += 1
+        except redis_index.IndexUnavailable:
+            pass  # renewed too late on a loaded machine: the holder is told, it does not hang
 
     try:
         await asyncio.gather(*(hold(subject, seconds) for subject, seconds in holds))

@@ -136,6 +136,43 @@ def test_external_redis_tls_autoscaling_and_monitoring() -> None:
     assert not [s for s in of_kind(docs, "Service") if "redis" in s["metadata"]["name"]]
 
 
+def test_external_sentinel_set_with_secret_references() -> None:
+    docs = render(values_of(CHART / "ci" / "standalone-redis-sentinel-values.yaml"))
+    container = proxy_container(docs)
+    variables = env(container)
+    assert variables["REFERRERS_PROXY_REDIS_SENTINEL"] == ",".join(
+        f"redis-node-{n}.redis-headless.redis.svc:26379" for n in range(3)
+    )
+    assert variables["REFERRERS_PROXY_REDIS_MASTER"] == "mymaster"
+    assert variables["REFERRERS_PROXY_REDIS_URL"] == "rediss://default@/0"
+    password = variables["REFERRERS_PROXY_REDIS_PASSWORD_FILE"]
+    ca = variables["REFERRERS_PROXY_REDIS_CA_FILE"]
+    mounts = {m["name"]: m for m in container["volumeMounts"]}
+    assert password == mounts["redis-password"]["mountPath"] + "/redis-password"
+    assert ca == mounts["redis-ca"]["mountPath"] + "/ca.crt"
+    assert all(m["readOnly"] for m in mounts.values())
+    (spec,) = pod_specs(docs)
+    volumes = {v["name"]: v["secret"] for v in spec["volumes"]}
+    assert volumes["redis-password"]["secretName"] == "redis"
+    assert volumes["redis-ca"]["secretName"] == "redis-crt"
+    assert "REFERRERS_PROXY_REDIS_CLUSTER" not in variables
+
+
+def test_external_cluster_from_a_secret() -> None:
+    variables = env(
+        proxy_container(render(values_of(CHART / "ci" / "standalone-redis-cluster-values.yaml")))
+    )
+    assert variables["REFERRERS_PROXY_REDIS_URL"] == {
+        "secretKeyRef": {"name": "referrers-proxy-redis-cluster", "key": "seed-url"}
+    }
+    assert variables["REFERRERS_PROXY_REDIS_CLUSTER"] == "true"
+    assert variables["REFERRERS_PROXY_REDIS_WAIT_REPLICAS"] == "1"
+    assert "REFERRERS_PROXY_REDIS_SENTINEL" not in variables
+
+
+SENTINEL = {"hosts": ["s:26379"], "masterName": "mymaster"}
+
+
 @pytest.mark.parametrize(
     "override",
     [
@@ -145,6 +182,18 @@ def test_external_redis_tls_autoscaling_and_monitoring() -> None:
         {"mode": "elsewhere"},
         {"autoscaling": {"enabled": True}},
         {"redis": {"enabled": True, "url": "redis://x:6379/0"}},
+        {"redis": {"enabled": False, "sentinel": {"hosts": ["s:26379"]}}},
+        {"redis": {"enabled": False, "sentinel": {"masterName": "mymaster"}}},
+        {"redis": {"enabled": False, "sentinel": {"hosts": ["s"], "masterName": "m"}}},
+        {"redis": {"enabled": False, "sentinel": SENTINEL, "cluster": True, "url": "redis://x"}},
+        {"redis": {"enabled": True, "sentinel": SENTINEL}},
+        {"redis": {"enabled": False, "sentinel": SENTINEL, "url": "redis://master:6379/0"}},
+        {"redis": {"enabled": False, "cluster": True}},
+        {"redis": {"enabled": True, "cluster": True}},
+        {"redis": {"enabled": False, "url": "redis://x:6379", "caSecret": "ca"}},
+        {"redis": {"enabled": False, "url": "redis://u:pw@x:6379", "passwordSecret": "pw"}},
+        {"redis": {"enabled": False, "url": "unix:///run/redis.sock"}},
+        {"redis": {"enabled": False, "url": "redis://x", "waitReplicas": -1}},
     ],
     ids=str,
 )
@@ -161,6 +210,14 @@ def test_the_schema_refuses_bad_values(override: Doc) -> None:
         ({"replicaCount": 2}, "more than one replica needs Redis"),
         ({"mode": "standalone"}, "mode standalone needs upstream"),
         ({"upstream": "http://elsewhere:5000"}, "leave upstream empty"),
+        (
+            {"redis": {"sentinel": {"hosts": ["s:26379"]}}},
+            "redis.sentinel.hosts and redis.sentinel.masterName go together",
+        ),
+        (
+            {"redis": {"sentinel": SENTINEL, "cluster": True, "url": "redis://x"}},
+            "not with redis.cluster or redis.enabled",
+        ),
     ],
     ids=str,
 )

@@ -75,3 +75,61 @@ def test_log_format_from_flag_or_env() -> None:
     assert flagged.log_format is LogFormat.TEXT
     with pytest.raises(SettingsError, match="--log-format: must be text or json"):
         settings_from_args(["serve", "--upstream", "http://r", "--log-format", "xml"], {})
+
+
+R = ["serve", "--upstream", "http://r"]
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        ([*R, "--redis-url", "http://cache:6379"], "--redis-url: must start with redis://"),
+        ([*R, "--redis-url", "redis://cache/app"], "database number"),
+        ([*R, "--redis-cluster"], "--redis-cluster needs --redis-url naming a seed node"),
+        ([*R, "--redis-sentinel", "s1:26379"], "--redis-sentinel and --redis-master go together"),
+        ([*R, "--redis-master", "orp"], "--redis-sentinel and --redis-master go together"),
+        (
+            [*R, "--redis-sentinel", "s1:26379", "--redis-master", "orp", "--redis-cluster"],
+            "exclude each other",
+        ),
+        (
+            [*R, "--redis-sentinel", "s1:26379", "--redis-master", "m", "--redis-url", "redis://h"],
+            "not a host",
+        ),
+        ([*R, "--redis-sentinel", "s1"], "--redis-sentinel: expected HOST:PORT"),
+        (
+            [*R, "--redis-ca-file", "ca.pem"],
+            "--redis-ca-file needs --redis-url or --redis-sentinel",
+        ),
+        ([*R, "--redis-password-file", "pw"], "--redis-password-file needs --redis-url"),
+        ([*R, "--redis-wait-replicas", "1"], "--redis-wait-replicas needs --redis-url"),
+        ([*R, "--redis-url", "redis://h", "--redis-ca-file", "ca.pem"], "needs a rediss://"),
+        (
+            [*R, "--redis-url", "redis://u:pw@h", "--redis-password-file", "pw"],
+            "a password in --redis-url and --redis-password-file",
+        ),
+    ],
+)
+def test_contradictory_redis_settings_are_refused(argv: list[str], message: str) -> None:
+    with pytest.raises(SettingsError, match=message) as refused:
+        settings_from_args(argv, {})
+    assert "pw@" not in str(refused.value)
+
+
+def test_redis_modes_and_how_many_replicas_a_write_waits_for() -> None:
+    single = settings_from_args([*R, "--redis-url", "rediss://u@h:6380/2"], {})
+    assert single.uses_redis
+    assert single.replicas_to_wait_for == 0
+    cluster = settings_from_args([*R, "--redis-url", "redis://seed:7000", "--redis-cluster"], {})
+    assert cluster.redis_cluster
+    assert cluster.replicas_to_wait_for == 1
+    env = {
+        "REFERRERS_PROXY_REDIS_SENTINEL": "s1:26379,[::1]:26380",
+        "REFERRERS_PROXY_REDIS_MASTER": "orp",
+        "REFERRERS_PROXY_REDIS_WAIT_REPLICAS": "0",
+    }
+    sentinel = settings_from_args(R, env)
+    assert sentinel.uses_redis
+    assert sentinel.redis_sentinel == (("s1", 26379), ("::1", 26380))
+    assert sentinel.replicas_to_wait_for == 0
+    assert not settings_from_args(R, {}).uses_redis
