@@ -24,6 +24,14 @@ class FallbackMode(StrEnum):
     OFF = "off"  # the index alone
 
 
+class ManifestCacheMode(StrEnum):
+    """Where by-digest manifests are kept for callers whose pull permission is proven."""
+
+    MEMORY = "memory"  # in each process, bounded by manifest_cache_bytes
+    REDIS = "redis"  # in the Redis at redis_url, shared by replicas
+    OFF = "off"
+
+
 class LogFormat(StrEnum):
     TEXT = "text"  # for people: one line, request id after the logger name
     JSON = "json"  # for log pipelines: one object per line
@@ -58,12 +66,17 @@ class Settings:
     min_body_rate: float = 1024.0  # bytes/s a streamed request body must keep up; 0: no floor
     body_rate_window: float = 10.0  # seconds over which min_body_rate is judged
     max_transfers_per_client: int = 64  # per address and per credential; 0: no limit
+    manifest_cache: ManifestCacheMode = ManifestCacheMode.MEMORY
+    manifest_cache_seconds: float = 60.0  # the staleness bound for deletes that bypass the proxy
+    manifest_cache_bytes: int = 64 * MiB  # all entries together (per process, or in Redis)
 
 
 def check_pairs(settings: Settings) -> Settings:
     """Settings that only make sense together."""
     if (settings.tls_cert is None) != (settings.tls_key is None):
         raise SettingsError("--tls-cert and --tls-key go together")
+    if settings.manifest_cache is ManifestCacheMode.REDIS and not settings.redis_url:
+        raise SettingsError("--manifest-cache redis needs --redis-url")
     return settings
 
 
