@@ -65,6 +65,7 @@ test-system-deps:
 	$(call need,curl,curl)
 	$(call need,wrk,wrk)
 	$(call need,hey,hey)
+	$(call need,nginx,nginx)
 
 # A Docker engine, and the tools that build the images without an image registry.
 container-deps:

@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import attach, blobs, large, manifests, redis_ha, referrers, reindex
+from bench import attach, blobs, hotpath, large, manifests, redis_ha, referrers, reindex
 from bench.report import Row, table, write_json
 from bench.stack import Plan, Stack
 
@@ -24,6 +24,7 @@ Scenario = Callable[[Stack, Plan], Awaitable[list[Row]]]
 SCENARIOS: dict[str, Scenario] = {
     blobs.SCENARIO: blobs.run,
     manifests.SCENARIO: manifests.run,
+    hotpath.SCENARIO: hotpath.run,
     referrers.SCENARIO: referrers.run,
     attach.SCENARIO: attach.run,
     large.SCENARIO: large.run,

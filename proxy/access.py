@@ -90,6 +90,16 @@ class PullAccess:
             TTLCache(MAX_REMEMBERED, remember_seconds) if remember_seconds > 0 else None
         )
 
+    def known(self, repository: str, auth: str | None) -> bool:
+        """Whether a grant for this credential and repository is remembered; asks nobody."""
+        return self._allowed is not None and _key(auth, repository) in self._allowed
+
+    def remember(self, repository: str, auth: str | None) -> None:
+        """Record a grant proven elsewhere: the upstream answered this caller's own manifest
+        `GET` in `repository` with 200, the same proof as a check's."""
+        if self._allowed is not None:
+            self._allowed[_key(auth, repository)] = True
+
     async def may_pull(self, repository: str, subject: str, auth: str | None) -> bool:
         """True when the caller may pull `repository`; False when the repository does not exist
         for the caller (nothing to list). Raises PullRefused to relay a 401/403, and OCIError

@@ -12,13 +12,15 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from proxy.access import PullAccess
-from proxy.config import FallbackMode, Settings
+from proxy.cached_manifests import CachedManifests
+from proxy.config import FallbackMode, ManifestCacheMode, Settings
 from proxy.errors import Handler, OCIError, error_middleware
 from proxy.forward import Forwarder
 from proxy.health import Readiness
 from proxy.index import IndexStore, IndexUnavailable, open_index
 from proxy.index.measured import MeasuredIndex
 from proxy.keep_tags import KeepTags
+from proxy.manifest_cache import open_manifest_cache
 from proxy.metrics import Metrics
 from proxy.paths import MAX_TARGET, target_problem
 from proxy.referrers_api import ReferrersApi
@@ -37,6 +39,8 @@ REFERRERS = web.AppKey("referrers", ReferrersApi)
 TAGS = web.AppKey("tags", TagListApi)
 METRICS = web.AppKey("metrics", Metrics)
 READINESS = web.AppKey("readiness", Readiness)
+ACCESS = web.AppKey("access", PullAccess)
+MANIFESTS = web.AppKey("manifests", CachedManifests)
 FLUSH_SECONDS = 8.0  # for tag-schema writes still behind at shutdown
 
 
@@ -133,6 +137,7 @@ def make_app(
             if settings.fallback_tags is FallbackMode.WRITE
             else None
         )
+        app[ACCESS] = PullAccess(client, settings.auth_cache_seconds, metrics)
         app[TAGS] = TagListApi(client, forwarder)
         app[READINESS] = Readiness(forwarder.session, forwarder.upstream, store, writer)
         app[REFERRERS] = ReferrersApi(
@@ -141,7 +146,7 @@ def make_app(
             store,
             reader,
             writer,
-            PullAccess(client, settings.auth_cache_seconds, metrics),
+            app[ACCESS],
             KeepTags(client, settings.keep_tags),
             metrics,
             max_manifest_bytes=settings.max_manifest_bytes,
@@ -158,7 +163,16 @@ def make_app(
         if own:
             await store.close()
 
-    app.cleanup_ctx.extend([upstream_session, referrers_index])
+    async def manifest_cache(app: web.Application) -> AsyncIterator[None]:
+        cache = open_manifest_cache(settings)
+        if cache is None:
+            yield
+            return
+        app[MANIFESTS] = CachedManifests(app[FORWARDER], app[ACCESS], cache)
+        yield
+        await cache.close()
+
+    app.cleanup_ctx.extend([upstream_session, referrers_index, manifest_cache])
 
     async def forward(request: web.Request) -> web.StreamResponse:
         return await request.app[FORWARDER].handle(request)
@@ -166,8 +180,16 @@ def make_app(
     async def put_manifest(request: web.Request) -> web.StreamResponse:
         return await request.app[REFERRERS].put_manifest(request)
 
+    async def get_manifest(request: web.Request) -> web.StreamResponse:
+        return await request.app[MANIFESTS].get(request)
+
     async def delete_manifest(request: web.Request) -> web.StreamResponse:
-        return await request.app[REFERRERS].delete_manifest(request)
+        try:
+            return await request.app[REFERRERS].delete_manifest(request)
+        finally:
+            if MANIFESTS in request.app:
+                info = request.match_info
+                await request.app[MANIFESTS].forget(info["name"], info["reference"])
 
     async def get_referrers(request: web.Request) -> web.StreamResponse:
         return await request.app[REFERRERS].get_referrers(request)
@@ -197,6 +219,8 @@ def make_app(
     manifests = "/v2/{name:.+}/manifests/{reference}"
     app.router.add_route("PUT", manifests, put_manifest)
     app.router.add_route("DELETE", manifests, delete_manifest)
+    if settings.manifest_cache is not ManifestCacheMode.OFF:
+        app.router.add_get(manifests, get_manifest)  # and HEAD
     app.router.add_get("/v2/{name:.+}/referrers/{digest}", get_referrers)
     if not settings.show_fallback_tags:
         app.router.add_get("/v2/{name:.+}/tags/list", tags_list)

@@ -16,6 +16,7 @@ from proxy import __version__
 from proxy.config import (
     FallbackMode,
     LogFormat,
+    ManifestCacheMode,
     Settings,
     SettingsError,
     check_pairs,
@@ -77,6 +78,13 @@ def _fallback_mode(value: str) -> FallbackMode:
         return FallbackMode(value.strip().lower())
     except ValueError:
         raise ValueError(f"must be write, read or off, got {value!r}") from None
+
+
+def _manifest_cache(value: str) -> ManifestCacheMode:
+    try:
+        return ManifestCacheMode(value.strip().lower())
+    except ValueError:
+        raise ValueError(f"must be memory, redis or off, got {value!r}") from None
 
 
 def _bool(value: str) -> bool:
@@ -225,6 +233,22 @@ SERVE_OPTIONS: tuple[Option, ...] = (
         _non_negative_int,
         "blob transfers at once per client address and per credential, else 429; 0: no limit"
         " (default 64)",
+    ),
+    Option(
+        "manifest-cache",
+        _manifest_cache,
+        "memory, redis or off: where manifests fetched by digest are cached (default memory)",
+    ),
+    Option(
+        "manifest-cache-seconds",
+        _positive_float,
+        "seconds a cached manifest is served; bounds staleness after a delete that bypasses"
+        " the proxy (default 60)",
+    ),
+    Option(
+        "manifest-cache-bytes",
+        _positive_int,
+        "bytes all cached manifests may take, per process or in Redis (default 64 MiB)",
     ),
 )
 

@@ -24,6 +24,14 @@ class FallbackMode(StrEnum):
     OFF = "off"  # the index alone
 
 
+class ManifestCacheMode(StrEnum):
+    """Where by-digest manifests are kept for callers whose pull permission is proven."""
+
+    MEMORY = "memory"  # in each process, bounded by manifest_cache_bytes
+    REDIS = "redis"  # in the Redis at redis_url, shared by replicas
+    OFF = "off"
+
+
 class LogFormat(StrEnum):
     TEXT = "text"  # for people: one line, request id after the logger name
     JSON = "json"  # for log pipelines: one object per line
@@ -66,6 +74,9 @@ class Settings:
     max_transfers_per_client: int = 64  # per address and per credential; 0: no limit
     tag_write_delay: float = 1.0  # seconds a tag-schema write behind waits for more changes
     tag_index_max_bytes: int = 4 * MiB  # Distribution's manifest limit
+    manifest_cache: ManifestCacheMode = ManifestCacheMode.MEMORY
+    manifest_cache_seconds: float = 60.0  # the staleness bound for deletes that bypass the proxy
+    manifest_cache_bytes: int = 64 * MiB  # all entries together (per process, or in Redis)
 
     @property
     def uses_redis(self) -> bool:
@@ -90,6 +101,8 @@ def check_pairs(settings: Settings) -> Settings:
             " back the tag-schema indexes it writes"
         )
     check_redis(settings)
+    if settings.manifest_cache is ManifestCacheMode.REDIS and not settings.redis_url:
+        raise SettingsError("--manifest-cache redis needs --redis-url")
     return settings
 
 

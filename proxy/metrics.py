@@ -48,6 +48,9 @@ TO_UPSTREAM, FROM_UPSTREAM = "to_upstream", "from_upstream"
 # A request body below --min-body-rate; a client over --max-transfers-per-client.
 TRANSFER_REFUSALS = ("too_slow", "client_limit")
 TAG_WRITE_RESULTS = ("written", "unchanged", "retried", "refused", "abandoned")
+# The manifest cache: answered from it, not there, caller's permission not yet proven (the cache
+# is not consulted), storage unavailable.
+MANIFEST_CACHE_RESULTS = ("hit", "miss", "unproven", "unavailable")
 # Blob transfers take minutes; metadata calls milliseconds.
 SECONDS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
 
@@ -165,7 +168,8 @@ class Metrics:
             ),
             cache_lookups=counter(
                 "cache_lookups",
-                "Cache lookups: auth (pull permission) and tag_schema (revalidation), by result",
+                "Cache lookups: auth (pull permission), tag_schema (revalidation) and manifest"
+                " (by-digest manifests), by result",
                 ("cache", "result"),
             ),
             pull_checks=counter(
@@ -216,6 +220,8 @@ class Metrics:
         for cache in ("auth", "tag_schema"):
             for result in ("hit", "miss"):
                 metrics.cache_lookups.labels(cache, result)
+        for result in MANIFEST_CACHE_RESULTS:
+            metrics.cache_lookups.labels("manifest", result)
         return metrics
 
     def exposition(self) -> bytes:
@@ -272,6 +278,10 @@ class Metrics:
 
     def cache_lookup(self, cache: str, hit: bool) -> None:
         self.cache_lookups.labels(cache, "hit" if hit else "miss").inc()
+
+    def manifest_cache(self, result: str) -> None:
+        """One of MANIFEST_CACHE_RESULTS."""
+        self.cache_lookups.labels("manifest", result).inc()
 
     def trimmed(self, source: str) -> None:
         self.descriptors_trimmed.labels(source).inc()

@@ -76,6 +76,59 @@ app.kubernetes.io/component: redis
 {{- if and .Values.redis.sentinel.hosts (or .Values.redis.cluster .Values.redis.enabled) }}
 {{- fail "redis.sentinel finds an external master: not with redis.cluster or redis.enabled" }}
 {{- end }}
+{{- if and .Values.front.enabled .Values.tls.secretName }}
+{{- fail "front.enabled speaks plain HTTP to the proxy: leave tls.secretName empty and terminate TLS at the ingress" }}
+{{- end }}
+{{- if and .Values.front.enabled (hasPrefix "https://" .Values.upstream) }}
+{{- fail "front.enabled needs sidecar mode or an http:// upstream" }}
+{{- end }}
+{{- end }}
+
+{{/* host:port of the registry, for the front. */}}
+{{- define "referrers-proxy.registryAddress" -}}
+{{- if eq .Values.mode "sidecar" }}127.0.0.1:5000{{ else }}{{ $u := urlParse .Values.upstream }}{{ $u.host }}{{ if not (contains ":" $u.host) }}:80{{ end }}{{ end }}
+{{- end }}
+
+{{- define "referrers-proxy.frontContainer" -}}
+- name: front
+  image: "{{ .Values.front.image.repository }}:{{ .Values.front.image.tag }}"
+  imagePullPolicy: {{ .Values.front.image.pullPolicy }}
+  env:
+    # The image renders /etc/nginx/templates/*.template with these into /etc/nginx/conf.d/.
+    - name: ORP_REGISTRY
+      value: {{ include "referrers-proxy.registryAddress" . | quote }}
+    - name: ORP_PROXY
+      value: "127.0.0.1:8080"
+    - name: ORP_LISTEN
+      value: {{ printf "0.0.0.0:%d" (int .Values.front.port) | quote }}
+  ports:
+    - name: front
+      containerPort: {{ .Values.front.port }}
+  livenessProbe:
+    tcpSocket:
+      port: front
+    {{- toYaml .Values.livenessProbe | nindent 4 }}
+  readinessProbe:
+    httpGet:
+      path: /readyz
+      port: front
+    {{- toYaml .Values.readinessProbe | nindent 4 }}
+  lifecycle:
+    preStop:
+      exec:
+        command: ["sleep", "5"]
+  resources:
+    {{- toYaml .Values.front.resources | nindent 4 }}
+  securityContext:
+    {{- toYaml .Values.securityContext | nindent 4 }}
+  volumeMounts:
+    - name: front-template
+      mountPath: /etc/nginx/templates
+      readOnly: true
+    - name: front-conf
+      mountPath: /etc/nginx/conf.d
+    - name: front-tmp
+      mountPath: /tmp
 {{- end }}
 
 {{- define "referrers-proxy.proxyContainer" -}}

@@ -15,6 +15,7 @@ import yaml
 from tests.unit.test_deploy import (
     CHART,
     CI_VALUES,
+    DEPLOY,
     PROXY_CONTAINER,
     Doc,
     assert_valid,
@@ -218,6 +219,11 @@ def test_the_schema_refuses_bad_values(override: Doc) -> None:
             {"redis": {"sentinel": SENTINEL, "cluster": True, "url": "redis://x"}},
             "not with redis.cluster or redis.enabled",
         ),
+        ({"front": {"enabled": True}, "tls": {"secretName": "t"}}, "leave tls.secretName empty"),
+        (
+            {"mode": "standalone", "upstream": "https://r.example", "front": {"enabled": True}},
+            "front.enabled needs sidecar mode or an http:// upstream",
+        ),
     ],
     ids=str,
 )
@@ -230,3 +236,48 @@ def test_the_templates_refuse_what_the_schema_would_catch_first(
     (chart / "values.schema.json").unlink()
     with pytest.raises(helm_python.HelmError, match=message):
         render(merged({}, override), chart)
+
+
+def _front(docs: list[Doc]) -> Doc | None:
+    (spec,) = [spec for spec in pod_specs(docs) if _has_proxy(spec)]
+    return next((c for c in spec["containers"] if c["name"] == "front"), None)
+
+
+def test_the_front_takes_the_service_and_runs_the_shipped_nginx_config() -> None:
+    plain = render({})
+    assert _front(plain) is None
+    assert not of_kind(plain, "ConfigMap")
+    (service,) = of_kind(plain, "Service")
+    assert service["spec"]["ports"][0]["targetPort"] == "http"
+
+    docs = render({"front": {"enabled": True}})
+    (service,) = of_kind(docs, "Service")
+    assert service["spec"]["ports"][0]["targetPort"] == "front"
+    front = _front(docs)
+    assert front is not None
+    assert env(front) == {
+        "ORP_REGISTRY": "127.0.0.1:5000",
+        "ORP_PROXY": "127.0.0.1:8080",
+        "ORP_LISTEN": "0.0.0.0:8081",
+    }
+    assert front["ports"] == [{"name": "front", "containerPort": 8081}]
+    assert front["securityContext"]["readOnlyRootFilesystem"] is True
+    (config,) = of_kind(docs, "ConfigMap")
+    shipped = (DEPLOY / "nginx" / "front.conf.template").read_text()
+    assert config["data"]["front.conf.template"].strip() == shipped.strip()
+    mounts = {m["mountPath"] for m in front["volumeMounts"]}
+    assert mounts == {"/etc/nginx/templates", "/etc/nginx/conf.d", "/tmp"}
+
+
+@pytest.mark.parametrize(
+    ("upstream", "address"),
+    [
+        ("http://registry.internal:5000", "registry.internal:5000"),
+        ("http://r.example", "r.example:80"),
+    ],
+)
+def test_a_standalone_front_reaches_the_upstream_itself(upstream: str, address: str) -> None:
+    docs = render({"mode": "standalone", "upstream": upstream, "front": {"enabled": True}})
+    front = _front(docs)
+    assert front is not None
+    assert env(front)["ORP_REGISTRY"] == address

@@ -2,7 +2,14 @@ import pytest
 from yarl import URL
 
 from proxy.cli import SERVE_OPTIONS, settings_from_args
-from proxy.config import LogFormat, Settings, SettingsError, parse_listen, parse_upstream
+from proxy.config import (
+    LogFormat,
+    ManifestCacheMode,
+    Settings,
+    SettingsError,
+    parse_listen,
+    parse_upstream,
+)
 
 
 def test_defaults_with_only_an_upstream() -> None:
@@ -133,3 +140,18 @@ def test_redis_modes_and_how_many_replicas_a_write_waits_for() -> None:
     assert sentinel.redis_sentinel == (("s1", 26379), ("::1", 26380))
     assert sentinel.replicas_to_wait_for == 0
     assert not settings_from_args(R, {}).uses_redis
+
+
+def test_manifest_cache_flag_env_and_its_redis_requirement() -> None:
+    base = ["serve", "--upstream", "http://r"]
+    assert settings_from_args(base, {}).manifest_cache is ManifestCacheMode.MEMORY
+    env = {"REFERRERS_PROXY_MANIFEST_CACHE": "OFF"}
+    assert settings_from_args(base, env).manifest_cache is ManifestCacheMode.OFF
+    redis = [*base, "--manifest-cache", "redis", "--redis-url", "redis://h"]
+    assert settings_from_args(redis, env).manifest_cache is ManifestCacheMode.REDIS
+    with pytest.raises(SettingsError, match="--manifest-cache redis needs --redis-url"):
+        settings_from_args([*base, "--manifest-cache", "redis"], {})
+    with pytest.raises(SettingsError, match="--manifest-cache: must be memory, redis or off"):
+        settings_from_args([*base, "--manifest-cache", "disk"], {})
+    with pytest.raises(SettingsError, match="--manifest-cache-bytes: must be a positive"):
+        settings_from_args([*base, "--manifest-cache-bytes", "0"], {})

@@ -385,3 +385,41 @@ def test_compose_example_wires_registry_redis_and_proxy() -> None:
     assert proxy["read_only"] is True
     assert set(proxy["depends_on"]) == {"registry", "redis"}
     assert "ports" not in services["registry"]
+
+
+def test_compose_front_is_opt_in_and_runs_the_shipped_nginx_config() -> None:
+    services = yaml.safe_load((DEPLOY / "compose.yaml").read_text())["services"]
+    front = services["front"]
+    assert front["profiles"] == ["front"]
+    assert front["environment"] == {
+        "ORP_REGISTRY": "registry:5000",
+        "ORP_PROXY": "proxy:8080",
+        "ORP_LISTEN": "8081",
+    }
+    (mount,) = front["volumes"]
+    source, target, mode = mount.split(":")
+    assert (DEPLOY / source).resolve() == DEPLOY / "nginx" / "front.conf.template"
+    assert (target, mode) == ("/etc/nginx/templates/front.conf.template", "ro")
+    assert front["read_only"] is True
+    assert set(front["tmpfs"]) == {"/tmp", "/etc/nginx/conf.d"}
+
+
+def test_the_httproute_example_routes_what_the_nginx_front_routes() -> None:
+    """Every (method, path) the HTTPRoute sends to the proxy matches the nginx map's proxy rule
+    for it, and each nginx proxy rule has its HTTPRoute matches."""
+    import re
+
+    route = yaml.safe_load((DEPLOY / "gateway" / "httproute.yaml").read_text())
+    assert route["apiVersion"] == "gateway.networking.k8s.io/v1"
+    to_proxy, rest = route["spec"]["rules"]
+    assert [b["name"] for b in to_proxy["backendRefs"]] == ["referrers-proxy"]
+    assert rest["matches"] == [{"path": {"type": "PathPrefix", "value": "/"}}]
+    nginx = (DEPLOY / "nginx" / "front.conf.template").read_text()
+    table = re.findall(r'"~\^\(([A-Z|]+)\) (\S+)"\s+orp_proxy;', nginx)
+    expected = {(method, "^" + path) for methods, path in table for method in methods.split("|")}
+    listed = set()
+    for match in to_proxy["matches"]:
+        assert match["path"]["type"] == "RegularExpression"
+        listed.add((match["method"], match["path"]["value"]))
+    assert listed == expected
+    assert len(expected) == 8

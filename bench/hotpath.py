@@ -1,0 +1,161 @@
+"""The hot path (issue 16): manifest GET by digest direct, through the proxy without and with its
+manifest cache, and through the nginx front; blob GET through the front against the proxy.
+Every row carries the CPU each process spent per request (ms), measured in the same run."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bench.content import push_big_blob, session
+from bench.load import download, request_rate
+from bench.procfs import CpuMeter
+from bench.report import Row, Target
+from bench.stack import Plan, Stack, size_label
+from bench.stats import Samples, medians
+from tests.harness.front import running_front
+from tests.oci import ACCEPT_MANIFESTS, push_image, sha256
+
+SCENARIO = "hotpath"
+REPO = "bench/hot"
+SIDES = ("direct", "proxy", "proxy+cache", "front")
+TARGETS = {
+    "proxy": Target("ratio", ">=", 0.85),
+    "proxy+cache": Target("ratio", ">=", 1.5),
+    "front": Target("ratio", ">=", 0.9),
+}
+FRONT_ADDED = Target("added", "<", 0.3)
+
+
+@dataclass
+class _Side:
+    rate: list[float] = field(default_factory=list)
+    p50: list[float] = field(default_factory=list)
+    cpu: list[dict[str, float]] = field(default_factory=list)
+
+
+def _children(pid: int) -> list[int]:
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(child) for child in path.read_text().split()] if path.exists() else []
+
+
+@contextmanager
+def _front(stack: Stack, proxy_url: str) -> Iterator[tuple[str, int]]:
+    """nginx in front of the registry and `proxy_url`; its URL and its (single) worker's pid."""
+    registry = stack.registry.url.split("//", 1)[1]
+    with running_front(stack.workdir / "front", registry, proxy_url.split("//", 1)[1]) as front:
+        (worker,) = _children(front.process.pid)
+        yield front.url, worker
+
+
+def _per_request(shares: dict[str, float], rate: float) -> dict[str, float]:
+    """Cores busy over requests per second: CPU milliseconds per request, per process."""
+    return {
+        f"{name.removesuffix('_cpu')}_ms_per_req": 1000 * share / rate
+        for name, share in shares.items()
+    }
+
+
+async def run(stack: Stack, plan: Plan) -> list[Row]:
+    plain = stack.proxy("hot-plain", "--manifest-cache", "off")
+    cached = stack.proxy("hot-cached")  # the default: memory
+    async with session() as http:
+        digest = sha256(await push_image(http, stack.registry.url, REPO, "v1"))
+        blob = await push_big_blob(http, stack.registry.url, REPO, plan.blob_bytes)
+    path = f"/v2/{REPO}/manifests/{digest}"
+    with _front(stack, plain.url) as (front_url, worker):
+        bases = {
+            "direct": stack.registry.url,
+            "proxy": plain.url,
+            "proxy+cache": cached.url,
+            "front": front_url,
+        }
+        pids = {
+            "direct": stack.pids(),
+            "proxy": stack.pids(plain),
+            "proxy+cache": stack.pids(cached),
+            "front": {**stack.pids(), "front": worker},
+        }
+        rates = {side: _Side() for side in SIDES}
+        latency = {side: _Side() for side in SIDES}
+
+        async def measure(side: str, connections: int, into: _Side, keep: bool = True) -> None:
+            meter = CpuMeter(pids[side])
+            async with meter.measuring():
+                load = await request_rate(
+                    bases[side] + path,
+                    connections=connections,
+                    seconds=plan.seconds,
+                    headers={"Accept": ACCEPT_MANIFESTS},
+                )
+            if keep:
+                into.rate.append(load.rate)
+                into.p50.append(load.p50_ms)
+                into.cpu.append(_per_request(meter.shares, load.rate))
+
+        blobs: dict[str, list[float]] = {"proxy": [], "front": []}
+        blob_cpu: dict[str, list[dict[str, float]]] = {"proxy": [], "front": []}
+        blob_pids = {"proxy": stack.pids(plain), "front": {**stack.pids(), "front": worker}}
+        blob_bases = {"proxy": plain.url, "front": front_url}
+        if plan.warm_up:
+            for side in SIDES:
+                await measure(side, 8, _Side(), keep=False)
+        for n in range(plan.rounds):
+            print(f"  hotpath: round {n + 1}/{plan.rounds}", flush=True)
+            for side in SIDES:
+                await measure(side, 8, rates[side])
+                await measure(side, 1, latency[side])
+            for side in ("proxy", "front"):
+                meter = CpuMeter(blob_pids[side])
+                async with meter.measuring():
+                    moved = await download(
+                        f"{blob_bases[side]}/v2/{REPO}/blobs/{blob}", plan.blob_bytes
+                    )
+                blobs[side].append(moved.bytes_per_second / 1e6)
+                blob_cpu[side].append(meter.shares)
+    rows = []
+    direct = rates["direct"]
+    for side in SIDES[1:]:
+        extra = {
+            **{f"direct_{k}": v for k, v in medians(direct.cpu).items()},
+            **medians(rates[side].cpu),
+        }
+        rows.append(
+            Row(
+                SCENARIO,
+                f"manifest GET by digest, 8 conn, rate: {side}",
+                "req/s",
+                Samples.of(rates[side].rate),
+                Samples.of(direct.rate),
+                TARGETS[side],
+                extra,
+            )
+        )
+        rows.append(
+            Row(
+                SCENARIO,
+                f"manifest GET by digest, 1 conn, p50 latency: {side}",
+                "ms",
+                Samples.of(latency[side].p50),
+                Samples.of(latency["direct"].p50),
+                FRONT_ADDED if side == "front" else None,
+                medians(latency[side].cpu),
+            )
+        )
+    rows.append(
+        Row(
+            SCENARIO,
+            f"blob GET {size_label(plan.blob_bytes)}: front vs proxy",
+            "MB/s",
+            Samples.of(blobs["front"]),
+            Samples.of(blobs["proxy"]),
+            Target("ratio", ">=", 1.0),
+            {
+                **{f"proxy_{k}": v for k, v in medians(blob_cpu["proxy"]).items()},
+                **medians(blob_cpu["front"]),
+            },
+        )
+    )
+    return rows
