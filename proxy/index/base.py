@@ -1,6 +1,7 @@
 """The IndexStore protocol: referrers per (repository, subject), in arrival order.
 
-Each referrer gets a position from one increasing counter when first recorded. Pages are cut by
+Each referrer gets a position from its subject's increasing counter when first recorded (per
+subject, so a Redis Cluster needs no key shared by all subjects). Pages are cut by
 position, so a page costs O(log n + page size) and stays stable while new referrers arrive
 (they land after every existing cursor).
 

@@ -73,7 +73,9 @@ def open_redis_index(settings: Settings) -> RedisIndex:
             max_connections=limit,
             health_check_interval=15,
         )
-        sentinels = sentinel.sentinels
+        # A copy: redis-py reorders that list in place while concurrent lookups interleave,
+        # and can lose a client from it, which then would never be closed.
+        sentinels = list(sentinel.sentinels)
     elif settings.redis_cluster:
         url = URL(settings.redis_url or "")
         client = RedisCluster(

@@ -237,11 +237,17 @@ class RedisIndex:
             raise NotReplicated(f"{acknowledged} of {self.replicas} replicas hold the write")
 
     async def _write_script(
-        self, script: Any, script_keys: list[str], args: Sequence[str | bytes | float | int]
+        self,
+        script: Any,
+        script_keys: list[str],
+        args: Sequence[str | bytes | float | int],
+        *,
+        wait: bool = True,
     ) -> Any:
         """A write script, by its digest when no replica has to hold it; else sent whole (a
-        promoted replica may not have it cached) and waited for."""
-        if not self.replicas:
+        promoted replica may not have it cached) and waited for. `wait=False`: what the
+        registry's tag-schema index lists can be read again, so no answer waits for it."""
+        if not self.replicas or not wait:
             return await script(keys=script_keys, args=args)
         result, acknowledged = await self.replicated(
             script_keys[0], "EVAL", script.script, len(script_keys), *script_keys, *args
@@ -298,6 +304,7 @@ class RedisIndex:
                     *type_sets,
                 ],
                 args,
+                wait=push,
             )
         return added
 
