@@ -93,12 +93,12 @@ async def test_a_busy_registry_is_retried_and_a_refusal_is_not(
         sbom = await attach(http, proxy, repo, artifact_manifest(image))
         assert (await settled_tag_index(http, registry.url, repo, image, [sbom]))[0] == 200
         retried = Moved(before, await scrape(http, proxy))
-        assert retried("tag_writes_total", result="retried") == 2
-        assert retried("tag_writes_total", result="written") == 1
+        assert retried("tag_writes_total", result="retried") >= 2, "the two 503s at least"
+        assert retried("tag_writes_total", result="written") >= 1
 
         relay.answer(tag_request("PUT", image), Canned(403))
         late = await attach(http, proxy, repo, artifact_manifest(image, annotations={"n": "2"}))
-        for _ in range(200):
+        for _ in range(1000):
             refused = Moved(retried.after, await scrape(http, proxy))
             if refused("tag_writes_total", result="refused"):
                 break
