@@ -73,8 +73,14 @@ async def test_standalone_with_redis(
     proxy, url = stack.proxy(registry, redis_url=redis)
     await asyncio.to_thread(wait_for, lambda: answers(f"{url}/readyz") == 200, "proxy", proxy)
     image = await check_clients(http, url, tmp_path)
-    async with http.get(f"{registry}/v2/team/app/tags/list") as direct:
-        assert legacy_tag(image) in orjson.loads(await direct.read())["tags"]
+    # With Redis the tag-schema index is written behind the attach (--tag-write-delay, 1 s).
+    for _ in range(150):
+        async with http.get(f"{registry}/v2/team/app/tags/list") as direct:
+            tags = orjson.loads(await direct.read())["tags"]
+        if legacy_tag(image) in tags:
+            break
+        await asyncio.sleep(0.1)
+    assert legacy_tag(image) in tags
 
 
 def tcp_open(address: tuple[str, int]) -> bool:
