@@ -28,7 +28,7 @@ from tests.oci import (
     artifact_manifest,
     push_blob,
     push_subject_image,
-    read_tag_index,
+    settled_tag_index,
     sha256,
 )
 
@@ -185,20 +185,6 @@ def _count(result: SoakResult, operation: str, outcome: str) -> None:
     result.by_class[outcome] += 1
 
 
-async def _settled_tag(
-    http: aiohttp.ClientSession, registry: str, name: str, subject: bytes, expected: set[str]
-) -> set[str]:
-    """What the registry's tag index lists once the proxy's writes behind the last attaches
-    have landed (or after TAG_SETTLE seconds)."""
-    settle_by = time.monotonic() + TAG_SETTLE
-    while True:
-        _, in_tag, _ = await read_tag_index(http, registry, name, subject)
-        tagged = {d["digest"] for d in in_tag}
-        if tagged == expected or time.monotonic() > settle_by:
-            return tagged
-        await asyncio.sleep(0.05)
-
-
 async def soak(
     proxy: str,
     registry: str,
@@ -259,7 +245,16 @@ async def soak(
                     link = response.headers.get("Link")
                 url = proxy + link[1 : link.index(">")] if link else None
             result.lost_in_answer += len(expected - listed)
-            tagged = await _settled_tag(http, registry, name, world.subjects[name], expected)
+            _, in_tag, _ = await settled_tag_index(
+                http,
+                registry,
+                name,
+                world.subjects[name],
+                sorted(expected),
+                TAG_SETTLE,
+                any_order=True,
+            )
+            tagged = {d["digest"] for d in in_tag}
             result.tag_lag = max(result.tag_lag, time.monotonic() - deadline)
             result.lost_in_registry += len(expected - tagged)
             result.resurrected += len(detached & (listed | tagged))

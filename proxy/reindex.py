@@ -21,7 +21,9 @@ from typing import Any, TextIO
 import orjson
 
 from proxy.config import MiB, Settings
+from proxy.errors import OCIError
 from proxy.index import IndexStore, open_index
+from proxy.keep_tags import KeepTags
 from proxy.manifest import (
     IMAGE_INDEX,
     MAX_ANNOTATION_BYTES,
@@ -32,7 +34,7 @@ from proxy.manifest import (
 from proxy.names import is_digest
 from proxy.registry_client import RegistryClient
 from proxy.tags_api import next_upstream_page
-from proxy.tagschema import is_tag_schema_name, keep_tag, keep_tag_digest
+from proxy.tagschema import is_tag_schema_name, keep_tag_digest
 from proxy.upstream import open_session
 
 log = logging.getLogger(__name__)
@@ -86,7 +88,7 @@ class Reindexer:
         keep_tags: bool = False,
     ) -> None:
         self.client = client
-        self.keep_tags = keep_tags
+        self.keep_tags = KeepTags(client, keep_tags)
         self._reads = asyncio.Semaphore(CONCURRENCY)
         self.max_annotation_bytes = max_annotation_bytes
         self.index = index
@@ -191,7 +193,7 @@ class Reindexer:
                 # Listing semantics: a referrer deleted since it was read stays deleted.
                 await self.index.add_listed(repo.name, referrer.subject, [referrer])
             self.summary.referrers += 1
-            if self.keep_tags and referrer.digest not in repo.kept:
+            if self.keep_tags.enabled and referrer.digest not in repo.kept:
                 await self._keep(repo, referrer, answer.body, content_type)
         try:
             document = orjson.loads(answer.body)
@@ -213,15 +215,16 @@ class Reindexer:
         """The same bytes under the referrer's keep tag: the same digest, now tagged. A PUT
         re-creates a manifest deleted meanwhile, so a delete that landed during it is made
         again."""
-        tag = keep_tag(referrer.digest)
-        async with self._reads:
-            put = await self.client.put_manifest(repo.name, tag, body, media_type, self.auth)
-        if put.status != 201:
-            log.warning("%s: keep tag %s refused (%d)", repo.name, tag, put.status)
+        try:
+            async with self._reads:
+                await self.keep_tags.keep(repo.name, referrer, body, media_type, self.auth)
+        except OCIError:  # refused, and logged
             self.summary.errors += 1
             return
         if await self._deleted(repo, referrer):
-            log.info("%s: %s was deleted while tagged; deleting it again", repo.name, tag)
+            log.info(
+                "%s: %s was deleted while tagged; deleting it again", repo.name, referrer.digest
+            )
             await self.client.delete_manifest(repo.name, referrer.digest, self.auth)
             return
         repo.kept.add(referrer.digest)

@@ -160,14 +160,19 @@ async def settled_tag_index(
     digests: list[str],
     within: float = 15.0,
     headers: dict[str, str] | None = None,
+    any_order: bool = False,
 ) -> tuple[int, list[dict[str, Any]], str | None]:
-    """The tag-schema index once it lists exactly `digests` (none: once the tag is gone), or
-    as it is after `within` seconds: the proxy writes it behind the attach."""
+    """The tag-schema index once it lists exactly `digests` (in that order unless `any_order`;
+    none: once the tag is gone), or as it is after `within` seconds: the proxy writes it behind
+    the attach."""
     deadline = time.monotonic() + within
+    wanted = sorted(digests) if any_order else digests
     while True:
         read = await read_tag_index(http, registry_url, repo, subject, headers)
         listed = [d["digest"] for d in read[1]]
-        if (listed == digests and (digests or read[0] == 404)) or time.monotonic() > deadline:
+        if any_order:
+            listed.sort()
+        if (listed == wanted and (digests or read[0] == 404)) or time.monotonic() > deadline:
             return read
         await asyncio.sleep(0.02)
 
