@@ -17,9 +17,16 @@ from bench.report import Row, Target
 from bench.soak import TAG_SETTLE
 from bench.stack import Plan, Stack
 from bench.stats import Samples
-from tests.harness.large_subject import bounded
-from tests.oci import INDEX, MANIFEST, descriptor, legacy_tag, push_manifest, push_subject_image
-from tests.oci import sha256 as digest_of
+from proxy.devstack.large_subject import bounded
+from proxy.devstack.oci_client import (
+    INDEX,
+    MANIFEST,
+    descriptor,
+    legacy_tag,
+    push_manifest,
+    push_subject_image,
+)
+from proxy.devstack.oci_client import sha256 as digest_of
 
 SCENARIO = "attach"
 ARTIFACT_TYPE = "application/vnd.example.sbom.v1"

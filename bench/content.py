@@ -13,8 +13,8 @@ import orjson
 from yarl import URL
 
 from bench.procfs import MiB
-from tests.harness.large_subject import bounded
-from tests.oci import artifact_manifest, push_manifest, sha256
+from proxy.devstack.large_subject import bounded
+from proxy.devstack.oci_client import artifact_manifest, push_manifest, sha256
 
 MAX_PAGES = 100_000
 

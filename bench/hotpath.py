@@ -15,8 +15,8 @@ from bench.procfs import CpuMeter
 from bench.report import Row, Target
 from bench.stack import Plan, Stack, size_label
 from bench.stats import Samples, medians
-from tests.harness.front import running_front
-from tests.oci import ACCEPT_MANIFESTS, push_image, sha256
+from proxy.devstack.front import running_front
+from proxy.devstack.oci_client import ACCEPT_MANIFESTS, push_image, sha256
 
 SCENARIO = "hotpath"
 REPO = "bench/hot"

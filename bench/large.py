@@ -14,8 +14,8 @@ from bench.procfs import CpuMeter
 from bench.report import Row, Target
 from bench.stack import Plan, Stack
 from bench.stats import Samples
-from tests.harness.large_subject import push_all, seed_legacy_index
-from tests.oci import artifact_manifest, push_manifest, push_subject_image
+from proxy.devstack.large_subject import push_all, seed_legacy_index
+from proxy.devstack.oci_client import artifact_manifest, push_manifest, push_subject_image
 
 SCENARIO = "large"
 MEASURED = 30  # sequential attaches timed per subject and round

@@ -11,7 +11,7 @@ from bench.procfs import CpuMeter
 from bench.report import Row, Target
 from bench.stack import Plan, Stack
 from bench.stats import Samples, medians
-from tests.oci import MANIFEST, push_image
+from proxy.devstack.oci_client import MANIFEST, push_image
 
 SCENARIO = "manifests"
 REPO = "bench/app"

@@ -14,8 +14,8 @@ from bench.procfs import CpuMeter
 from bench.report import Row, Target
 from bench.stack import Plan, Stack
 from bench.stats import Samples, medians
-from tests.harness.redis_ha import running_cluster
-from tests.oci import push_subject_image, sha256
+from proxy.devstack.oci_client import push_subject_image, sha256
+from proxy.devstack.redis_ha import running_cluster
 
 SCENARIO = "redis-ha"
 CONNECTIONS = 8

@@ -12,8 +12,8 @@ from bench.procfs import CpuMeter
 from bench.report import Row, Target
 from bench.stack import Plan, Stack
 from bench.stats import Samples, medians
-from tests.harness.processes import ProxyProcess
-from tests.oci import MANIFEST, push_subject_image, sha256
+from proxy.devstack.oci_client import MANIFEST, push_subject_image, sha256
+from proxy.devstack.processes import ProxyProcess
 
 SCENARIO = "referrers"
 CONNECTIONS = 8

@@ -14,7 +14,7 @@ from bench.content import attach, session
 from bench.report import Row
 from bench.stack import Plan, Stack
 from bench.stats import Samples
-from tests.oci import push_subject_image
+from proxy.devstack.oci_client import push_subject_image
 
 SCENARIO = "reindex"
 FRESH_DB = 15  # the proxies use database 0

@@ -21,9 +21,7 @@ from typing import Any
 import aiohttp
 import orjson
 
-from proxy.errors import INTERNAL_ERROR
-from tests.harness.processes import running_proxy, running_redis, running_registry
-from tests.oci import (
+from proxy.devstack.oci_client import (
     MANIFEST,
     artifact_manifest,
     push_blob,
@@ -31,6 +29,8 @@ from tests.oci import (
     settled_tag_index,
     sha256,
 )
+from proxy.devstack.processes import running_proxy, running_redis, running_registry
+from proxy.http.errors import INTERNAL_ERROR
 
 MiB = 1024 * 1024
 TAG_SETTLE = 30.0  # the proxy writes tag indexes behind attaches; a minute-long retry is a loss

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from bench.procfs import MiB
-from tests.harness.processes import (
+from proxy.devstack.processes import (
     ProxyProcess,
     Redis,
     Registry,

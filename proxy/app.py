@@ -9,28 +9,30 @@ from collections.abc import AsyncIterator
 import aiohttp
 import orjson
 from aiohttp import web
+from aiohttp.typedefs import Handler
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from proxy.access import PullAccess
-from proxy.cached_manifests import CachedManifests
-from proxy.config import FallbackMode, ManifestCacheMode, Settings
-from proxy.errors import Handler, OCIError, error_middleware
-from proxy.forward import Forwarder
-from proxy.health import Readiness
+from proxy.config import FallbackMode, Settings
+from proxy.http.cached_manifests import CachedManifests
+from proxy.http.errors import error_middleware
+from proxy.http.forward import Forwarder
+from proxy.http.health import Readiness
+from proxy.http.referrers_api import ReferrersApi
+from proxy.http.request_id import echo_request_id, request_id_middleware, send_request_id
+from proxy.http.routing import TARGET, repository_target, target_middleware
+from proxy.http.tags_api import TagListApi
+from proxy.http.transfers import ClientTransfers
 from proxy.index import IndexStore, IndexUnavailable, open_index
 from proxy.index.measured import MeasuredIndex
-from proxy.keep_tags import KeepTags
-from proxy.manifest_cache import open_manifest_cache
 from proxy.metrics import Metrics
-from proxy.paths import MAX_TARGET, target_problem
-from proxy.referrers_api import ReferrersApi
-from proxy.registry_client import RegistryClient
-from proxy.request_id import echo_request_id, request_id_middleware, send_request_id
-from proxy.tag_reader import TagIndexReader
-from proxy.tag_writer import TagIndexWriter
-from proxy.tags_api import TagListApi
-from proxy.transfers import ClientTransfers
-from proxy.upstream import open_session, probe_native_referrers
+from proxy.oci.targets import MAX_TARGET
+from proxy.services.keep_tags import KeepTags
+from proxy.services.manifest_cache import open_manifest_cache
+from proxy.services.pull_access import PullAccess
+from proxy.services.tag_reader import TagIndexReader
+from proxy.services.tag_writer import TagIndexWriter
+from proxy.upstream.client import RegistryClient
+from proxy.upstream.session import open_session, probe_native_referrers
 
 log = logging.getLogger(__name__)
 
@@ -42,20 +44,6 @@ READINESS = web.AppKey("readiness", Readiness)
 ACCESS = web.AppKey("access", PullAccess)
 MANIFESTS = web.AppKey("manifests", CachedManifests)
 FLUSH_SECONDS = 8.0  # for tag-schema writes still behind at shutdown
-
-
-@web.middleware
-async def path_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Bad targets, names, digests and tags never reach the upstream (see paths.py), nor a Host
-    header that no URL can be made of (answers rewrite Location and Link to it)."""
-    problem = target_problem(request.raw_path)
-    if problem is not None:
-        raise problem
-    try:
-        request.url.origin()
-    except ValueError as exc:
-        raise OCIError(400, "UNSUPPORTED", "invalid Host header") from exc
-    return await handler(request)
 
 
 def _upstream_trace(metrics: Metrics) -> aiohttp.TraceConfig:
@@ -75,7 +63,12 @@ def make_app(
     app's own session is traced (upstream latency, request ids sent upstream)."""
     metrics = Metrics.create()
     app = web.Application(
-        middlewares=[request_id_middleware, metrics.middleware, error_middleware, path_middleware],
+        middlewares=[
+            request_id_middleware,
+            metrics.middleware,
+            error_middleware,
+            target_middleware,
+        ],
         handler_args={"max_field_size": 16384, "max_line_size": 4 * MAX_TARGET},
     )
     app[METRICS] = metrics
@@ -181,6 +174,8 @@ def make_app(
         return await request.app[REFERRERS].put_manifest(request)
 
     async def get_manifest(request: web.Request) -> web.StreamResponse:
+        if MANIFESTS not in request.app:
+            return await forward(request)
         return await request.app[MANIFESTS].get(request)
 
     async def delete_manifest(request: web.Request) -> web.StreamResponse:
@@ -188,14 +183,31 @@ def make_app(
             return await request.app[REFERRERS].delete_manifest(request)
         finally:
             if MANIFESTS in request.app:
-                info = request.match_info
-                await request.app[MANIFESTS].forget(info["name"], info["reference"])
+                await request.app[MANIFESTS].forget(*repository_target(request))
 
     async def get_referrers(request: web.Request) -> web.StreamResponse:
         return await request.app[REFERRERS].get_referrers(request)
 
     async def tags_list(request: web.Request) -> web.StreamResponse:
+        if settings.show_fallback_tags:
+            return await forward(request)
         return await request.app[TAGS].tags_list(request)
+
+    # (kind of target, method) -> handler; every other /v2/ request goes to the registry as is.
+    own: dict[tuple[str, str], Handler] = {
+        ("manifest", "PUT"): put_manifest,
+        ("manifest", "DELETE"): delete_manifest,
+        ("manifest", "GET"): get_manifest,
+        ("manifest", "HEAD"): get_manifest,
+        ("referrers", "GET"): get_referrers,
+        ("referrers", "HEAD"): get_referrers,
+        ("tags", "GET"): tags_list,
+        ("tags", "HEAD"): tags_list,
+    }
+
+    async def v2(request: web.Request) -> web.StreamResponse:
+        handler = own.get((request[TARGET].kind, request.method), forward)
+        return await handler(request)
 
     async def healthz(request: web.Request) -> web.StreamResponse:
         return web.Response(text="ok")
@@ -216,14 +228,6 @@ def make_app(
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_page)
-    manifests = "/v2/{name:.+}/manifests/{reference}"
-    app.router.add_route("PUT", manifests, put_manifest)
-    app.router.add_route("DELETE", manifests, delete_manifest)
-    if settings.manifest_cache is not ManifestCacheMode.OFF:
-        app.router.add_get(manifests, get_manifest)  # and HEAD
-    app.router.add_get("/v2/{name:.+}/referrers/{digest}", get_referrers)
-    if not settings.show_fallback_tags:
-        app.router.add_get("/v2/{name:.+}/tags/list", tags_list)
-    app.router.add_route("*", "/v2", forward)
-    app.router.add_route("*", "/v2/{tail:.*}", forward)
+    app.router.add_route("*", "/v2", v2)
+    app.router.add_route("*", "/v2/{tail:.*}", v2)
     return app

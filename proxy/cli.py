@@ -375,7 +375,7 @@ def _reindex_command(args: argparse.Namespace, environ: Mapping[str, str]) -> Re
 
 
 def _run_reindex(command: ReindexCommand) -> int:
-    from proxy.reindex import ReindexFailed, reindex
+    from proxy.services.reindex import ReindexFailed, reindex
 
     done = set()
     if command.resume is not None and command.resume.exists():

@@ -7,7 +7,7 @@ from enum import StrEnum
 
 from yarl import URL
 
-from proxy.manifest import MAX_ANNOTATION_BYTES
+from proxy.oci.manifest import MAX_ANNOTATION_BYTES
 
 MiB = 1024 * 1024
 

@@ -12,9 +12,8 @@ from datetime import UTC, datetime
 import orjson
 
 from proxy.config import LogFormat
-from proxy.request_id import current_request_id
+from proxy.http.request_id import NO_REQUEST_ID, current_request_id
 
-NO_REQUEST_ID = "-"
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s %(request_id)s: %(message)s"
 # What the access log adds to its records (see observability.AccessLogger).
 ACCESS_FIELDS = ("remote", "method", "target", "status", "bytes", "duration_ms", "route")

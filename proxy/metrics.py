@@ -4,30 +4,18 @@ path or a repository name, so the number of series stays bounded whatever client
 
 from __future__ import annotations
 
-import re
 import time
 from dataclasses import dataclass
 from types import SimpleNamespace
 
 import aiohttp
 from aiohttp import web
+from aiohttp.typedefs import Handler
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from proxy.errors import Handler
+from proxy.oci.targets import classify
 
 NAMESPACE = "referrers_proxy"
-OPS_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
-ROUTE_CLASSES = (
-    "base",
-    "catalog",
-    "blob",
-    "upload",
-    "manifest",
-    "referrers",
-    "tags",
-    "ops",
-    "other",
-)
 METHODS = frozenset({"GET", "HEAD", "PUT", "POST", "PATCH", "DELETE", "OPTIONS"})
 # Exception class names worth telling apart in index errors; any other is "other".
 INDEX_ERRORS = frozenset(
@@ -53,32 +41,6 @@ TAG_WRITE_RESULTS = ("written", "unchanged", "retried", "refused", "abandoned")
 MANIFEST_CACHE_RESULTS = ("hit", "miss", "unproven", "unavailable")
 # Blob transfers take minutes; metadata calls milliseconds.
 SECONDS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
-
-# The name is greedy, so the last endpoint-shaped tail wins: a repository may be called
-# `a/blobs/b` or `x/manifests`.
-_ENDPOINT = re.compile(
-    r"/v2/.+/(?:"
-    r"(?P<upload>blobs/uploads(?:/[^/]*)?)"
-    r"|(?P<blob>blobs/[^/]+)"
-    r"|(?P<manifest>manifests/[^/]+)"
-    r"|(?P<referrers>referrers/[^/]+)"
-    r"|(?P<tags>tags/list)"
-    r")"
-)
-
-
-def route_class(path: str) -> str:
-    """The kind of endpoint `path` (without query) addresses: one of ROUTE_CLASSES."""
-    if path in ("/v2", "/v2/"):
-        return "base"
-    if path == "/v2/_catalog":
-        return "catalog"
-    if path in OPS_PATHS:
-        return "ops"
-    match = _ENDPOINT.fullmatch(path)
-    if match is None or match.lastgroup is None:
-        return "other"
-    return match.lastgroup
 
 
 def method_label(method: str) -> str:
@@ -231,7 +193,7 @@ class Metrics:
     async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         """Outside the error middleware, so it sees the status the client got; "aborted" when
         the connection was cut instead (an upstream failing mid-body, a client gone)."""
-        route = route_class(request.path)
+        route = classify(request.path).kind
         started = time.perf_counter()
         status = "aborted"
         try:
@@ -260,7 +222,7 @@ class Metrics:
             context: SimpleNamespace,
             params: aiohttp.TraceRequestEndParams,
         ) -> None:
-            route = route_class(params.url.raw_path)
+            route = classify(params.url.raw_path).kind
             self.upstream_seconds.labels(route).observe(time.perf_counter() - context.started)
 
         trace = aiohttp.TraceConfig()
@@ -270,7 +232,7 @@ class Metrics:
 
     def streamed(self, path: str, direction: str, count: int) -> None:
         """Called once per body with a count kept locally, never per chunk."""
-        self.streamed_bytes.labels(direction, route_class(path)).inc(count)
+        self.streamed_bytes.labels(direction, classify(path).kind).inc(count)
 
     def served(self, source: str, descriptors: int) -> None:
         self.referrers_responses.labels(source).inc()

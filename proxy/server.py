@@ -16,11 +16,11 @@ import signal
 import ssl
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from proxy.app import make_app
 from proxy.config import MiB, Settings
-from proxy.errors import Handler
-from proxy.observability import AccessLogger
+from proxy.http.access_log import AccessLogger
 
 log = logging.getLogger(__name__)
 

@@ -14,8 +14,8 @@ from aiohttp.test_utils import TestServer
 
 from proxy.app import make_app
 from proxy.config import Settings, parse_upstream
-from tests.harness.processes import Redis, Registry, running_redis, running_registry
-from tests.harness.redis_ha import Cluster, running_cluster
+from proxy.devstack.processes import Redis, Registry, running_redis, running_registry
+from proxy.devstack.redis_ha import Cluster, running_cluster
 
 AUTH_USER = "alice"
 AUTH_PASSWORD = "wonderland"

@@ -17,7 +17,7 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Protocol
 
-from proxy.manifest import Referrer
+from proxy.oci.manifest import Referrer
 
 TOMBSTONE_SECONDS = 86_400.0
 

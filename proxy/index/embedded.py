@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from cachetools import TTLCache
 
 from proxy.index.base import TOMBSTONE_SECONDS, Page, TagSync, merge_positions
-from proxy.manifest import Referrer
+from proxy.oci.manifest import Referrer
 
 
 @dataclass

@@ -6,8 +6,8 @@ from collections.abc import AsyncIterator, Collection, Sequence
 from contextlib import asynccontextmanager
 
 from proxy.index.base import IndexStore, Page, TagSync
-from proxy.manifest import Referrer
 from proxy.metrics import Metrics, error_label
+from proxy.oci.manifest import Referrer
 
 
 class MeasuredIndex:

@@ -22,7 +22,7 @@ from redis.exceptions import LockNotOwnedError, RedisClusterException, RedisErro
 
 from proxy.index import keys
 from proxy.index.base import TOMBSTONE_SECONDS, IndexUnavailable, Page, TagSync
-from proxy.manifest import Referrer
+from proxy.oci.manifest import Referrer
 
 log = logging.getLogger(__name__)
 POOL_WAIT_SECONDS = 10.0

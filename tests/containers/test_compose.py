@@ -12,8 +12,14 @@ import aiohttp
 import pytest
 import yaml
 
+from proxy.devstack.oci_client import (
+    artifact_manifest,
+    listed_referrers,
+    push_manifest,
+    push_subject_image,
+    sha256,
+)
 from tests.containers.conftest import LOCKED_DOWN, ROOT, Stack, answers, wait_for
-from tests.oci import artifact_manifest, listed_referrers, push_manifest, push_subject_image, sha256
 
 COMPOSE = ROOT / "deploy" / "compose.yaml"
 SERVICES = yaml.safe_load(COMPOSE.read_text())["services"]

@@ -10,8 +10,14 @@ from collections.abc import AsyncIterator
 
 import aiohttp
 
+from proxy.devstack.oci_client import (
+    artifact_manifest,
+    listed_referrers,
+    push_manifest,
+    push_subject_image,
+    sha256,
+)
 from tests.containers.conftest import Stack, answers, wait_for
-from tests.oci import artifact_manifest, listed_referrers, push_manifest, push_subject_image, sha256
 
 GRACE = 10  # seconds: REFERRERS_PROXY_SHUTDOWN_GRACE, and what `docker stop` waits before SIGKILL
 

@@ -16,9 +16,9 @@ import pytest
 
 import tests.integration.test_skopeo as skopeo_client
 from proxy.devstack import free_port
+from proxy.devstack.oci_client import INDEX, MANIFEST, legacy_tag, push_image, sha256
 from tests.containers.conftest import Stack, answers, wait_for
 from tests.containers.portforward import can_enter_namespaces, port_forward
-from tests.oci import INDEX, MANIFEST, legacy_tag, push_image, sha256
 
 
 async def check_clients(http: aiohttp.ClientSession, proxy: str, tmp_path: Path) -> bytes:

@@ -14,17 +14,7 @@ import orjson
 import pytest
 from aiohttp.test_utils import TestServer
 
-from tests.conftest import AUTH_PASSWORD, AUTH_USER, StartProxy
-from tests.harness.fault_relay import Canned, running_relay
-from tests.harness.processes import (
-    Registry,
-    TokenAuth,
-    free_port,
-    make_tls_files,
-    running_registry,
-)
-from tests.harness.token_service import TokenService
-from tests.oci import (
+from proxy.devstack.oci_client import (
     EMPTY_JSON,
     artifact_manifest,
     basic_auth,
@@ -33,6 +23,16 @@ from tests.oci import (
     settled_tag_index,
     sha256,
 )
+from proxy.devstack.processes import (
+    Registry,
+    TokenAuth,
+    free_port,
+    make_tls_files,
+    running_registry,
+)
+from tests.conftest import AUTH_PASSWORD, AUTH_USER, StartProxy
+from tests.harness.fault_relay import Canned, running_relay
+from tests.harness.token_service import TokenService
 
 SERVICE, ISSUER = "test-registry", "test-issuer"
 PASSWORDS = {"writer": "w-pass", "reader": "r-pass", "stranger": "s-pass"}

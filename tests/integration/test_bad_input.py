@@ -10,9 +10,7 @@ import orjson
 import pytest
 from yarl import URL
 
-from tests.conftest import StartProxy
-from tests.harness.processes import Registry
-from tests.oci import (
+from proxy.devstack.oci_client import (
     MANIFEST,
     artifact_manifest,
     listed_referrers,
@@ -20,6 +18,8 @@ from tests.oci import (
     push_subject_image,
     sha256,
 )
+from proxy.devstack.processes import Registry
+from tests.conftest import StartProxy
 
 SHA = "sha256:" + "a" * 64
 

@@ -14,12 +14,7 @@ import aiohttp
 import orjson
 import redis.asyncio as aioredis
 
-from proxy.index.redis import RedisIndex
-from proxy.manifest import IMAGE_MANIFEST, MAX_ANNOTATION_BYTES, Referrer
-from tests.conftest import StartProxy
-from tests.harness.processes import Redis, Registry, running_proxy
-from tests.integration.test_streaming_memory import memory
-from tests.oci import (
+from proxy.devstack.oci_client import (
     INDEX,
     MANIFEST,
     artifact_manifest,
@@ -29,6 +24,11 @@ from tests.oci import (
     push_subject_image,
     sha256,
 )
+from proxy.devstack.processes import Redis, Registry, running_proxy
+from proxy.index.redis import RedisIndex
+from proxy.oci.manifest import IMAGE_MANIFEST, MAX_ANNOTATION_BYTES, Referrer
+from tests.conftest import StartProxy
+from tests.integration.test_streaming_memory import memory
 
 MiB = 1024 * 1024
 HUGE = {"blob": "x" * MiB}

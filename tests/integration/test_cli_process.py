@@ -8,7 +8,7 @@ import sys
 import time
 import urllib.request
 
-from tests.harness.processes import Registry, free_port
+from proxy.devstack.processes import Registry, free_port
 
 
 def test_serve_configured_only_by_env_vars(registry: Registry) -> None:

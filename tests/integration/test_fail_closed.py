@@ -21,10 +21,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from multidict import CIMultiDictProxy
 
-from tests.conftest import AUTH_PASSWORD, AUTH_USER, StartProxy
-from tests.harness.fault_relay import Canned, FaultRelay, running_relay
-from tests.harness.processes import Redis, Registry, free_port
-from tests.oci import (
+from proxy.devstack.oci_client import (
     EMPTY_JSON,
     INDEX,
     artifact_manifest,
@@ -32,6 +29,9 @@ from tests.oci import (
     push_manifest,
     sha256,
 )
+from proxy.devstack.processes import Redis, Registry, free_port
+from tests.conftest import AUTH_PASSWORD, AUTH_USER, StartProxy
+from tests.harness.fault_relay import Canned, FaultRelay, running_relay
 
 ALICE = basic_auth(AUTH_USER, AUTH_PASSWORD)
 STRANGERS = ({}, basic_auth(AUTH_USER, "wrong"), {"Authorization": "Bearer forged"})

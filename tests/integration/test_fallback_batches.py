@@ -9,13 +9,7 @@ import aiohttp
 import pytest
 from yarl import URL
 
-from proxy.index import EmbeddedIndex, IndexUnavailable
-from proxy.manifest import inspect_manifest
-from proxy.metrics import Metrics
-from proxy.registry_client import RegistryClient
-from proxy.tag_writer import TagIndexWriter
-from tests.harness.processes import Registry
-from tests.oci import (
+from proxy.devstack.oci_client import (
     MANIFEST,
     artifact_manifest,
     push_manifest,
@@ -23,6 +17,12 @@ from tests.oci import (
     read_tag_index,
     sha256,
 )
+from proxy.devstack.processes import Registry
+from proxy.index import EmbeddedIndex, IndexUnavailable
+from proxy.metrics import Metrics
+from proxy.oci.manifest import inspect_manifest
+from proxy.services.tag_writer import TagIndexWriter
+from proxy.upstream.client import RegistryClient
 
 
 class LockFailsOnce(EmbeddedIndex):

@@ -10,9 +10,16 @@ import pytest
 from multidict import CIMultiDict
 from yarl import URL
 
+from proxy.devstack.oci_client import (
+    ACCEPT_MANIFESTS,
+    MANIFEST,
+    basic_auth,
+    push_blob,
+    push_image,
+    sha256,
+)
+from proxy.devstack.processes import Registry
 from tests.conftest import AUTH_PASSWORD, AUTH_USER
-from tests.harness.processes import Registry
-from tests.oci import ACCEPT_MANIFESTS, MANIFEST, basic_auth, push_blob, push_image, sha256
 
 SAME_HEADERS = ("Content-Length", "Content-Type", "Docker-Content-Digest", "Etag")
 

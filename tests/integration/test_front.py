@@ -16,12 +16,8 @@ import orjson
 import pytest
 from yarl import URL
 
-from tests.conftest import AUTH_PASSWORD, AUTH_USER, StartProxy
-from tests.harness.fault_relay import running_relay
-from tests.harness.front import Front, running_front
-from tests.harness.processes import Registry, free_port
-from tests.integration.test_skopeo import blob_digests, build_layout, isolated_home, skopeo
-from tests.oci import (
+from proxy.devstack.front import Front, running_front
+from proxy.devstack.oci_client import (
     INDEX,
     MANIFEST,
     artifact_manifest,
@@ -32,6 +28,10 @@ from tests.oci import (
     push_subject_image,
     sha256,
 )
+from proxy.devstack.processes import Registry, free_port
+from tests.conftest import AUTH_PASSWORD, AUTH_USER, StartProxy
+from tests.harness.fault_relay import running_relay
+from tests.integration.test_skopeo import blob_digests, build_layout, isolated_home, skopeo
 
 ZERO = "sha256:" + "0" * 64
 

@@ -15,11 +15,11 @@ import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 from redis.crc import key_slot
 
+from proxy.devstack.processes import Redis
+from proxy.devstack.redis_ha import Cluster
 from proxy.index import EmbeddedIndex, IndexStore, RedisIndex
 from proxy.index.base import TagSync
-from proxy.manifest import IMAGE_MANIFEST, Referrer
-from tests.harness.processes import Redis
-from tests.harness.redis_ha import Cluster
+from proxy.oci.manifest import IMAGE_MANIFEST, Referrer
 
 
 def sha256(text: str) -> str:

@@ -16,11 +16,7 @@ import redis.asyncio as aioredis
 from yarl import URL
 
 from proxy.config import FallbackMode
-from tests.conftest import StartProxy
-from tests.harness.fault_relay import running_relay
-from tests.harness.processes import REGISTRY_BIN, Redis, Registry, free_port, running_registry
-from tests.integration.test_reindex import run_reindex
-from tests.oci import (
+from proxy.devstack.oci_client import (
     INDEX,
     MANIFEST,
     artifact_manifest,
@@ -32,6 +28,10 @@ from tests.oci import (
     read_tag_index,
     sha256,
 )
+from proxy.devstack.processes import REGISTRY_BIN, Redis, Registry, free_port, running_registry
+from tests.conftest import StartProxy
+from tests.harness.fault_relay import running_relay
+from tests.integration.test_reindex import run_reindex
 
 KEEP = "_referrer."
 

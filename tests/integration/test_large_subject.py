@@ -10,10 +10,8 @@ from pathlib import Path
 import aiohttp
 import redis.asyncio as aioredis
 
-from tests.harness.large_subject import TAG_INDEX_LIMIT, push_all, seed_legacy_index
-from tests.harness.processes import Redis, running_proxy, running_registry
-from tests.integration.test_reindex import run_reindex
-from tests.oci import (
+from proxy.devstack.large_subject import TAG_INDEX_LIMIT, push_all, seed_legacy_index
+from proxy.devstack.oci_client import (
     INDEX,
     artifact_manifest,
     legacy_tag,
@@ -22,6 +20,8 @@ from tests.oci import (
     read_tag_index,
     sha256,
 )
+from proxy.devstack.processes import Redis, running_proxy, running_registry
+from tests.integration.test_reindex import run_reindex
 
 REFERRERS = 20_000
 

@@ -12,11 +12,7 @@ import aiohttp
 import redis.asyncio as aioredis
 from aiohttp import web
 
-from proxy.index import keys
-from tests.conftest import StartProxy
-from tests.harness.fault_relay import running_relay
-from tests.harness.processes import Redis, Registry
-from tests.oci import (
+from proxy.devstack.oci_client import (
     artifact_manifest,
     legacy_tag,
     listed_referrers,
@@ -25,6 +21,10 @@ from tests.oci import (
     settled_tag_index,
     sha256,
 )
+from proxy.devstack.processes import Redis, Registry
+from proxy.index import keys
+from tests.conftest import StartProxy
+from tests.harness.fault_relay import running_relay
 
 SLOW_TAG_WRITE = 1.5
 

@@ -12,13 +12,8 @@ import pytest
 import redis.asyncio as aioredis
 from yarl import URL
 
-from proxy.cache_rules import MAX_ENTRY_BYTES
 from proxy.config import ManifestCacheMode
-from proxy.manifest_cache import REDIS_PREFIX, RedisEntries, make_entry
-from tests.conftest import AUTH_PASSWORD, AUTH_USER, StartProxy
-from tests.harness.fault_relay import Canned, FaultRelay, running_relay
-from tests.harness.processes import Redis, Registry, free_port
-from tests.oci import (
+from proxy.devstack.oci_client import (
     EMPTY_JSON,
     INDEX,
     MANIFEST,
@@ -29,6 +24,11 @@ from tests.oci import (
     push_manifest,
     sha256,
 )
+from proxy.devstack.processes import Redis, Registry, free_port
+from proxy.oci.cache_rules import MAX_ENTRY_BYTES
+from proxy.services.manifest_cache import REDIS_PREFIX, RedisEntries, make_entry
+from tests.conftest import AUTH_PASSWORD, AUTH_USER, StartProxy
+from tests.harness.fault_relay import Canned, FaultRelay, running_relay
 
 OCI_ACCEPT = {"Accept": f"{MANIFEST}, {INDEX}"}
 SAME = ("Content-Type", "Docker-Content-Digest", "Content-Length", "Etag")

@@ -17,9 +17,9 @@ import redis.asyncio as aioredis
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
+from proxy.devstack.oci_client import INDEX, MANIFEST, artifact_manifest, push_manifest, sha256
+from proxy.devstack.processes import Redis
 from tests.conftest import StartProxy
-from tests.harness.processes import Redis
-from tests.oci import INDEX, MANIFEST, artifact_manifest, push_manifest, sha256
 
 SUBJECT = b'{"schemaVersion":2}'
 OLD = "application/vnd.example.old"

@@ -16,16 +16,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import StartProxy
-from tests.harness.processes import (
-    Redis,
-    Registry,
-    free_port,
-    running_proxy,
-    running_redis,
-    running_registry,
-)
-from tests.oci import (
+from proxy.devstack.oci_client import (
     artifact_manifest,
     basic_auth,
     listed_referrers,
@@ -35,6 +26,15 @@ from tests.oci import (
     settled_tag_index,
     sha256,
 )
+from proxy.devstack.processes import (
+    Redis,
+    Registry,
+    free_port,
+    running_proxy,
+    running_redis,
+    running_registry,
+)
+from tests.conftest import StartProxy
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 

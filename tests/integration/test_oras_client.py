@@ -12,7 +12,7 @@ import orjson
 import pytest
 from yarl import URL
 
-from tests.oci import INDEX, MANIFEST, push_image, sha256
+from proxy.devstack.oci_client import INDEX, MANIFEST, push_image, sha256
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")

@@ -17,12 +17,15 @@ import pytest
 from redis.crc import key_slot
 
 from proxy.config import FallbackMode, Settings, parse_upstream
-from proxy.index import IndexUnavailable, keys
-from proxy.index import redis as redis_index
-from proxy.index.connect import open_redis_index
-from tests.conftest import StartProxy
-from tests.harness.processes import Registry
-from tests.harness.redis_ha import (
+from proxy.devstack.oci_client import (
+    EMPTY_JSON,
+    artifact_manifest,
+    push_blob,
+    push_manifest,
+    sha256,
+)
+from proxy.devstack.processes import Registry
+from proxy.devstack.redis_ha import (
     MASTER_NAME,
     Cluster,
     SentinelSet,
@@ -31,7 +34,10 @@ from tests.harness.redis_ha import (
     running_sentinels,
     wait_for,
 )
-from tests.oci import EMPTY_JSON, artifact_manifest, push_blob, push_manifest, sha256
+from proxy.index import IndexUnavailable, keys
+from proxy.index import redis as redis_index
+from proxy.index.connect import open_redis_index
+from tests.conftest import StartProxy
 
 
 @pytest.fixture

@@ -12,7 +12,14 @@ import orjson
 import pytest
 import redis.asyncio as aioredis
 
-from tests.harness.processes import (
+from proxy.devstack.oci_client import (
+    EMPTY_JSON,
+    artifact_manifest,
+    push_blob,
+    push_manifest,
+    sha256,
+)
+from proxy.devstack.processes import (
     Registry,
     TLSFiles,
     free_port,
@@ -21,7 +28,6 @@ from tests.harness.processes import (
     start_redis,
     stop,
 )
-from tests.oci import EMPTY_JSON, artifact_manifest, push_blob, push_manifest, sha256
 
 PASSWORD = "s3cret-Pa55word-for-the-index"
 

@@ -13,9 +13,7 @@ import redis.asyncio as aioredis
 from yarl import URL
 
 from proxy.config import FallbackMode
-from tests.conftest import StartProxy
-from tests.harness.processes import Redis, Registry, free_port
-from tests.oci import (
+from proxy.devstack.oci_client import (
     EMPTY_CONFIG,
     EMPTY_JSON,
     INDEX,
@@ -27,6 +25,8 @@ from tests.oci import (
     push_subject_image,
     sha256,
 )
+from proxy.devstack.processes import Redis, Registry, free_port
+from tests.conftest import StartProxy
 
 ZERO = "sha256:" + "0" * 64
 SBOM = "application/vnd.example.sbom.v1"
@@ -323,7 +323,7 @@ async def test_redis_down_attach_is_503_and_the_retry_records_it(
     repo: str,
     tmp_path: Any,
 ) -> None:
-    from tests.harness.processes import running_redis
+    from proxy.devstack.processes import running_redis
 
     port = free_port()
     proxy = await start_proxy(registry.url, redis_url=f"redis://127.0.0.1:{port}/0")

@@ -15,12 +15,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from proxy.config import FallbackMode, parse_upstream
-from proxy.index import RedisIndex
-from proxy.registry_client import Answer, RegistryClient
-from proxy.reindex import Reindexer
-from tests.conftest import AUTH_PASSWORD, AUTH_USER, StartProxy
-from tests.harness.processes import Redis, Registry, running_registry
-from tests.oci import (
+from proxy.devstack.oci_client import (
     MANIFEST,
     artifact_manifest,
     basic_auth,
@@ -30,6 +25,11 @@ from tests.oci import (
     push_subject_image,
     sha256,
 )
+from proxy.devstack.processes import Redis, Registry, running_registry
+from proxy.index import RedisIndex
+from proxy.services.reindex import Reindexer
+from proxy.upstream.client import Answer, RegistryClient
+from tests.conftest import AUTH_PASSWORD, AUTH_USER, StartProxy
 
 
 @pytest.fixture(scope="module")

@@ -11,9 +11,7 @@ import aiohttp
 import pytest
 
 from proxy.config import FallbackMode
-from tests.conftest import StartProxy
-from tests.harness.processes import Registry, free_port, running_proxy, running_redis
-from tests.oci import (
+from proxy.devstack.oci_client import (
     artifact_manifest,
     listed_referrers,
     push_manifest,
@@ -22,6 +20,8 @@ from tests.oci import (
     settled_tag_index,
     sha256,
 )
+from proxy.devstack.processes import Registry, free_port, running_proxy, running_redis
+from tests.conftest import StartProxy
 
 SBOM, SIG = "application/spdx+json", "application/vnd.example.sig"
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import aiohttp
 
-from tests.harness.processes import Registry, make_tls_files, running_proxy
-from tests.oci import basic_auth, push_blob
+from proxy.devstack.oci_client import basic_auth, push_blob
+from proxy.devstack.processes import Registry, make_tls_files, running_proxy
 
 
 async def test_https_serving_and_a_log_without_secrets(

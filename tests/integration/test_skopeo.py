@@ -13,8 +13,8 @@ import aiohttp
 import orjson
 from yarl import URL
 
-from tests.harness.processes import Registry
-from tests.oci import INDEX, MANIFEST, sha256
+from proxy.devstack.oci_client import INDEX, MANIFEST, sha256
+from proxy.devstack.processes import Registry
 
 SKOPEO = shutil.which("skopeo") or "/usr/bin/skopeo"
 BIG_LAYER = 24 * 1024 * 1024

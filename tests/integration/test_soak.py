@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from bench.soak import soak
-from tests.harness.processes import Redis, Registry, running_proxy
+from proxy.devstack.processes import Redis, Registry, running_proxy
 
 MiB = 1024 * 1024
 

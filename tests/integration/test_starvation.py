@@ -18,9 +18,9 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from yarl import URL
 
+from proxy.devstack.oci_client import ACCEPT_MANIFESTS, push_blob, push_subject_image, sha256
+from proxy.devstack.processes import Registry
 from tests.conftest import StartProxy
-from tests.harness.processes import Registry
-from tests.oci import ACCEPT_MANIFESTS, push_blob, push_subject_image, sha256
 
 DECLARED = 1_000_000  # the body each slow upload announces and never finishes
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import aiohttp
 
-from tests.harness.processes import Registry, running_proxy
+from proxy.devstack.processes import Registry, running_proxy
 
 MiB = 1024 * 1024
 BLOB = 256 * MiB

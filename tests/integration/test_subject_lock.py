@@ -11,17 +11,17 @@ import aiohttp
 import pytest
 import redis.asyncio as aioredis
 
-from proxy.index import redis as redis_index
-from tests.conftest import StartProxy
-from tests.harness.fault_relay import running_relay
-from tests.harness.processes import Redis, Registry
-from tests.oci import (
+from proxy.devstack.oci_client import (
     artifact_manifest,
     push_manifest,
     push_subject_image,
     settled_tag_index,
     sha256,
 )
+from proxy.devstack.processes import Redis, Registry
+from proxy.index import redis as redis_index
+from tests.conftest import StartProxy
+from tests.harness.fault_relay import running_relay
 
 LOCK_SECONDS = 0.4
 SLOW_TAG_WRITE = 1.2

@@ -14,9 +14,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from proxy.config import FallbackMode
-from tests.conftest import StartProxy
-from tests.harness.processes import REGISTRY_BIN, Redis, Registry, running_proxy, running_registry
-from tests.oci import (
+from proxy.devstack.oci_client import (
     INDEX,
     artifact_manifest,
     legacy_attach,
@@ -29,6 +27,8 @@ from tests.oci import (
     settled_tag_index,
     sha256,
 )
+from proxy.devstack.processes import REGISTRY_BIN, Redis, Registry, running_proxy, running_registry
+from tests.conftest import StartProxy
 
 SBOM = "application/vnd.example.sbom.v1"
 

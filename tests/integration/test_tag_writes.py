@@ -17,13 +17,7 @@ import pytest
 import redis.asyncio as aioredis
 from aiohttp import web
 
-from proxy import tag_writer
-from tests.conftest import StartProxy
-from tests.harness.fault_relay import Canned, running_relay
-from tests.harness.processes import Redis, Registry, running_proxy
-from tests.integration.test_operations import Moved, scrape, value
-from tests.integration.test_reindex import run_reindex
-from tests.oci import (
+from proxy.devstack.oci_client import (
     artifact_manifest,
     legacy_attach,
     legacy_tag,
@@ -34,6 +28,12 @@ from tests.oci import (
     settled_tag_index,
     sha256,
 )
+from proxy.devstack.processes import Redis, Registry, running_proxy
+from proxy.services import tag_writer
+from tests.conftest import StartProxy
+from tests.harness.fault_relay import Canned, running_relay
+from tests.integration.test_operations import Moved, scrape, value
+from tests.integration.test_reindex import run_reindex
 
 
 def tag_request(method: str, subject: bytes) -> Callable[[web.Request], bool]:

@@ -13,9 +13,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from yarl import URL
 
-from tests.conftest import StartProxy
-from tests.harness.processes import Registry, free_port
-from tests.oci import (
+from proxy.devstack.oci_client import (
     artifact_manifest,
     listed_referrers,
     push_blob,
@@ -24,6 +22,8 @@ from tests.oci import (
     read_tag_index,
     sha256,
 )
+from proxy.devstack.processes import Registry, free_port
+from tests.conftest import StartProxy
 
 BLOB = "sha256:" + "0" * 64
 

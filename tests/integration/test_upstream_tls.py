@@ -8,8 +8,8 @@ import aiohttp
 import orjson
 import pytest
 
+from proxy.devstack.processes import Registry, TLSFiles, make_tls_files, running_registry
 from tests.conftest import StartProxy
-from tests.harness.processes import Registry, TLSFiles, make_tls_files, running_registry
 
 
 @pytest.fixture(scope="module")

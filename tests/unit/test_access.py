@@ -7,10 +7,10 @@ import orjson
 import pytest
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from proxy.access import PullAccess, PullRefused
-from proxy.errors import OCIError
 from proxy.metrics import Metrics
-from proxy.registry_client import Answer
+from proxy.oci.errors import BodyTooLarge, OCIError
+from proxy.services.pull_access import PullAccess, PullRefused
+from proxy.upstream.client import Answer
 
 REPO, SUBJECT = "team/app", "sha256:" + "1" * 64
 BODIES = {
@@ -130,7 +130,7 @@ async def test_a_rate_limit_keeps_a_bounded_retry_after(given: str, relayed: str
 
 
 async def test_an_oversized_answer_is_a_503_not_a_502() -> None:
-    too_large = OCIError(502, "UNAVAILABLE", "upstream answer too large")
+    too_large = BodyTooLarge("the answer", 1, from_client=False)
     with pytest.raises(OCIError) as raised:
         await access(ScriptedUpstream(answer(404), too_large)).may_pull(REPO, SUBJECT, None)
     assert raised.value.status == 503

@@ -1,7 +1,7 @@
 import pytest
 from multidict import CIMultiDict
 
-from proxy.cache_rules import MAX_ENTRY_BYTES, accepts, answerable, keepable, kept_headers
+from proxy.oci.cache_rules import MAX_ENTRY_BYTES, accepts, answerable, keepable, kept_headers
 
 OCI = "application/vnd.oci.image.manifest.v1+json"
 DOCKER = "application/vnd.docker.distribution.manifest.v2+json"

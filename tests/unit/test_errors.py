@@ -9,7 +9,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from proxy.errors import error_middleware
+from proxy.http.errors import error_middleware
 
 SECRET_URL = "http://registry:5000/v2/a/blobs/uploads/u?_state=SECRET-STATE"
 

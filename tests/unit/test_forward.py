@@ -4,7 +4,7 @@ from typing import Any, cast
 import aiohttp
 import pytest
 
-from proxy.forward import LARGE_BODY, LARGE_READ, large_reads
+from proxy.http.forward import LARGE_BODY, LARGE_READ, large_reads
 
 ASYNCIO_DEFAULT = 256 * 1024
 

@@ -1,7 +1,7 @@
 from multidict import CIMultiDict
 from yarl import URL
 
-from proxy.headers import client_response_headers, rewrite_url, upstream_request_headers
+from proxy.http.headers import client_response_headers, rewrite_url, upstream_request_headers
 
 UPSTREAM = URL("http://registry.internal:5000")
 PUBLIC = URL("https://proxy.example.com")

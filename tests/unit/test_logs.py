@@ -8,9 +8,9 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import make_mocked_request
 
+from proxy.http.access_log import AccessLogger
+from proxy.http.request_id import HEADER, REQUEST_ID, request_id_middleware
 from proxy.logs import TEXT_FORMAT, JsonFormatter, RequestIdFilter
-from proxy.observability import AccessLogger
-from proxy.request_id import HEADER, REQUEST_ID, request_id_middleware
 
 SECRET_STATE = "s3cr3t-upload-state"
 CREDENTIAL = "Basic YWxpY2U6d29uZGVybGFuZA=="

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from proxy.manifest import (
+from proxy.oci.manifest import (
     IMAGE_INDEX,
     IMAGE_MANIFEST,
     MAX_ANNOTATION_BYTES,
@@ -19,7 +19,7 @@ from proxy.manifest import (
     digest_algorithm,
     inspect_manifest,
 )
-from proxy.names import is_digest
+from proxy.oci.names import is_digest
 
 DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
 DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"

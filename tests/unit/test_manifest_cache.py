@@ -3,7 +3,7 @@ from datetime import timedelta
 from aiohttp_client_cache.cache_control import utcnow
 from yarl import URL
 
-from proxy.manifest_cache import (
+from proxy.services.manifest_cache import (
     ManifestCache,
     MemoryEntries,
     decode_entry,

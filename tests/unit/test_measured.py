@@ -4,11 +4,11 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 import pytest
 from redis.exceptions import ConnectionError as RedisConnectionError
 
+from proxy.devstack.oci_client import MANIFEST, artifact_manifest
 from proxy.index import EmbeddedIndex, IndexUnavailable
 from proxy.index.measured import MeasuredIndex
-from proxy.manifest import Referrer, inspect_manifest
 from proxy.metrics import Metrics
-from tests.oci import MANIFEST, artifact_manifest
+from proxy.oci.manifest import Referrer, inspect_manifest
 
 SUBJECT = b'{"schemaVersion":2}'
 

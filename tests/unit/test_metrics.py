@@ -1,56 +1,15 @@
-import pytest
-from hypothesis import given
-from hypothesis import strategies as st
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from proxy.index import IndexUnavailable
 from proxy.metrics import (
     FROM_UPSTREAM,
-    ROUTE_CLASSES,
     TO_UPSTREAM,
     Metrics,
     error_label,
     method_label,
-    route_class,
 )
 
 DIGEST = "sha256:" + "a" * 64
-
-
-@pytest.mark.parametrize(
-    ("path", "route"),
-    [
-        ("/v2/", "base"),
-        ("/v2", "base"),
-        ("/v2/_catalog", "catalog"),
-        ("/v2/team/app/blobs/uploads/", "upload"),
-        ("/v2/team/app/blobs/uploads/0f9c-41e2", "upload"),
-        (f"/v2/team/app/blobs/{DIGEST}", "blob"),
-        ("/v2/team/app/manifests/v1", "manifest"),
-        (f"/v2/team/app/manifests/{DIGEST}", "manifest"),
-        (f"/v2/team/app/referrers/{DIGEST}", "referrers"),
-        ("/v2/team/app/tags/list", "tags"),
-        # A repository may be named like an endpoint: the last endpoint-shaped tail decides.
-        ("/v2/a/blobs/b/manifests/v1", "manifest"),
-        ("/v2/x/manifests/blobs/uploads/u", "upload"),
-        ("/v2/tags/list/tags/list", "tags"),
-        ("/healthz", "ops"),
-        ("/readyz", "ops"),
-        ("/metrics", "ops"),
-        ("/", "other"),
-        ("/v2/team/app/unknown", "other"),
-        ("/v2/team/app/blobs/uploads/u/extra", "other"),
-        ("/v2//manifests/v1", "other"),
-    ],
-)
-def test_route_class(path: str, route: str) -> None:
-    assert route_class(path) == route
-
-
-@given(st.text())
-def test_route_class_is_always_one_of_a_few(path: str) -> None:
-    """Whatever a client sends, the label set stays bounded."""
-    assert route_class(path) in ROUTE_CLASSES
 
 
 def test_unknown_methods_share_one_label() -> None:

@@ -7,12 +7,12 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from proxy.manifest import compute_digest
-from proxy.names import MAX_NAME_LENGTH, digest_error, is_digest, is_repository_name
+from proxy.oci.manifest import compute_digest
+from proxy.oci.names import MAX_NAME_LENGTH, digest_error, is_digest, is_repository_name
 
 SHA256 = "sha256:" + "a" * 64
 
-# The grammars as the specs write them, kept apart from proxy/names.py on purpose.
+# The grammars as the specs write them, kept apart from proxy/oci/names.py on purpose.
 SPEC_COMPONENT = r"[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*"
 SPEC_NAME = re.compile(rf"{SPEC_COMPONENT}(\/{SPEC_COMPONENT})*", re.ASCII)
 SPEC_DIGEST = re.compile(r"[a-z0-9]+([+._-][a-z0-9]+)*:[a-zA-Z0-9=_-]+", re.ASCII)

@@ -1,6 +1,6 @@
 import pytest
 
-from proxy.observability import redact_target
+from proxy.http.access_log import redact_target
 
 
 @pytest.mark.parametrize(

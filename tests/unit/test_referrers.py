@@ -10,8 +10,8 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from proxy.manifest import IMAGE_INDEX, IMAGE_MANIFEST, inspect_manifest
-from proxy.referrers import (
+from proxy.oci.manifest import IMAGE_INDEX, IMAGE_MANIFEST, inspect_manifest
+from proxy.oci.referrers import (
     CURSOR_PARAM,
     CursorInvalid,
     decode_cursor,

@@ -5,7 +5,7 @@ from aiohttp.tracing import TraceRequestStartParams
 from multidict import CIMultiDict
 from yarl import URL
 
-from proxy.request_id import (
+from proxy.http.request_id import (
     HEADER,
     MAX_LENGTH,
     REQUEST_ID,

@@ -4,8 +4,8 @@ import re
 import orjson
 import pytest
 
-from proxy.manifest import IMAGE_INDEX, IMAGE_MANIFEST
-from proxy.tagschema import (
+from proxy.oci.manifest import IMAGE_INDEX, IMAGE_MANIFEST
+from proxy.oci.tagschema import (
     TagIndexInvalid,
     is_keep_tag,
     is_tag_schema_name,

@@ -4,7 +4,7 @@ import asyncio
 
 import pytest
 
-from proxy.transfers import BodyTooSlow, ClientTransfers, PacedBody, client_keys, is_transfer
+from proxy.http.transfers import BodyTooSlow, ClientTransfers, PacedBody, client_keys, is_transfer
 
 WINDOW = 0.05
 

@@ -1,0 +1,123 @@
+"""The proxy's own calls to the upstream: with the caller's credentials and no broader ones,
+never following a redirect, every body read under a cap."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import aiohttp
+from multidict import CIMultiDictProxy
+from yarl import URL
+
+from proxy.oci.errors import BodyTooLarge
+from proxy.oci.manifest import IMAGE_INDEX, IMAGE_MANIFEST, compute_digest
+from proxy.oci.targets import upstream_url
+
+ACCEPT_MANIFESTS = ", ".join(
+    [
+        IMAGE_INDEX,
+        IMAGE_MANIFEST,
+        "application/vnd.docker.distribution.manifest.list.v2+json",
+        "application/vnd.docker.distribution.manifest.v2+json",
+    ]
+)
+
+
+async def read_capped(
+    stream: aiohttp.StreamReader,
+    declared: int | None,
+    cap: int,
+    what: str,
+    *,
+    from_client: bool = False,
+) -> bytes:
+    """The whole body of `what`, refused as soon as it is known to exceed `cap`."""
+    if declared is not None and declared > cap:
+        raise BodyTooLarge(what, cap, from_client=from_client)
+    body = bytearray()
+    async for chunk in stream.iter_any():
+        body += chunk
+        if len(body) > cap:
+            raise BodyTooLarge(what, cap, from_client=from_client)
+    return bytes(body)
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    status: int
+    headers: CIMultiDictProxy[str]
+    body: bytes
+    next_page: str | None = None  # the path of the upstream's rel="next" page, when it pages
+
+    @property
+    def content_digest(self) -> str:
+        """The upstream's digest of the body, or ours when it sent none."""
+        return self.headers.get("Docker-Content-Digest") or compute_digest(self.body)
+
+
+def _next_page(response: aiohttp.ClientResponse) -> str | None:
+    """Only the path and query of a rel="next" link: the host of the next page is always the
+    configured upstream."""
+    link = response.links.get("next")
+    if link is None:
+        return None
+    target = URL(str(link.get("url", "")))
+    return target.raw_path_qs if target.raw_path.startswith("/v2/") else None
+
+
+class RegistryClient:
+    def __init__(self, session: aiohttp.ClientSession, upstream: URL, max_body: int) -> None:
+        self.session = session
+        self.upstream = upstream
+        self.max_body = max_body
+
+    async def call(
+        self,
+        method: str,
+        path: str,
+        *,
+        auth: str | None,
+        headers: dict[str, str] | None = None,
+        data: bytes | None = None,
+    ) -> Answer:
+        sent = dict(headers or {})
+        if auth:
+            sent["Authorization"] = auth
+        async with self.session.request(
+            method,
+            upstream_url(self.upstream, path),
+            headers=sent,
+            data=data,
+            allow_redirects=False,
+        ) as response:
+            body = await read_capped(
+                response.content,
+                response.content_length,
+                self.max_body,
+                f"the answer to {method} {path}",
+            )
+            return Answer(response.status, response.headers, body, _next_page(response))
+
+    async def get_manifest(
+        self, repository: str, reference: str, auth: str | None, etag: str | None = None
+    ) -> Answer:
+        headers = {"Accept": ACCEPT_MANIFESTS}
+        if etag:
+            headers["If-None-Match"] = f'"{etag}"'
+        return await self.call(
+            "GET", f"/v2/{repository}/manifests/{reference}", auth=auth, headers=headers
+        )
+
+    async def put_manifest(
+        self, repository: str, reference: str, body: bytes, media_type: str, auth: str | None
+    ) -> Answer:
+        return await self.call(
+            "PUT",
+            f"/v2/{repository}/manifests/{reference}",
+            auth=auth,
+            headers={"Content-Type": media_type},
+            data=body,
+        )
+
+    async def delete_manifest(self, repository: str, digest: str, auth: str | None) -> Answer:
+        return await self.call("DELETE", f"/v2/{repository}/manifests/{digest}", auth=auth)

@@ -1,0 +1,160 @@
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from yarl import URL
+
+from proxy.oci.targets import (
+    MAX_TARGET,
+    ROUTE_CLASSES,
+    Target,
+    classify,
+    path_problem,
+    target_problem,
+    upstream_url,
+)
+
+SHA = "sha256:" + "a" * 64
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/v2/",
+        "/v2/_catalog",
+        "/v2/a/b/tags/list",
+        f"/v2/a/blobs/{SHA}",
+        "/v2/a/blobs/uploads/",
+        "/v2/a/blobs/uploads/0f3c-uuid",
+        "/v2/a/manifests/v1.0_rc-1",
+        f"/v2/a/manifests/{SHA}",
+        f"/v2/a/referrers/{SHA}",
+        "/v2/a/something/else",
+        "/healthz",
+    ],
+)
+def test_good_and_unknown_paths_pass(path: str) -> None:
+    assert path_problem(path) is None
+
+
+def test_a_long_target_is_414() -> None:
+    error = target_problem("/v2/?" + "x" * MAX_TARGET)
+    assert error is not None
+    assert error.status == 414
+
+
+@given(st.text(alphabet=st.characters(min_codepoint=33, max_codepoint=126), max_size=80))
+def test_any_path_gets_none_or_a_400(tail: str) -> None:
+    for kind in ("blobs/", "manifests/", "referrers/", ""):
+        error = path_problem(f"/v2/{tail}/{kind}{tail}")
+        assert error is None or (error.status == 400 and error.code.isupper())
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        "pany://x/v2/a/manifests/v1",
+        "http://evil.example:1/v2/a/referrers/" + SHA,
+        "//evil.example/v2/",
+        "evil.example:443",
+        "*",
+        "/v2/a/referrers/" + SHA + "#frag",
+    ],
+)
+def test_only_origin_form_targets_are_served(target: str) -> None:
+    error = target_problem(target)
+    assert error is not None
+    assert (error.status, error.code) == (400, "UNSUPPORTED")
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/v2/a/referr%65rs/-x",
+        "/%762/a/referrers/" + SHA,
+        "/v2/a/referrers/sha256%3A" + "a" * 64,
+        "/v2/a%2Fb/tags/list",
+        "/v2/a/./referrers/" + SHA,
+        "/v2/a/b/../referrers/" + SHA,
+        "/x/../v2/a/referrers/" + SHA,
+        "/healthz%20",
+    ],
+)
+def test_the_path_validated_is_the_path_routed(path: str) -> None:
+    """aiohttp decodes `%XX` and yarl drops dot segments before routing: such paths are
+    refused, so nothing is validated as one string and routed as another."""
+    error = target_problem(path)
+    assert error is not None
+    assert error.status == 400
+
+
+def test_the_upstream_url_keeps_the_configured_origin() -> None:
+    """Concatenating `f"{upstream}{raw_path}"` sent `pany://x/...` to registry.acme.company."""
+    origin = URL("https://registry.acme.com")
+    assert str(upstream_url(origin, "/v2/a/manifests/v1?x=%2B")) == (
+        "https://registry.acme.com/v2/a/manifests/v1?x=%2B"
+    )
+    for hostile in ("pany://x/v2/", "//registry.acme.company/v2/", "@evil/v2/", "http://x/v2/"):
+        with pytest.raises(ValueError, match="origin-form"):
+            upstream_url(origin, hostile)
+
+
+@given(st.text(alphabet=st.characters(min_codepoint=33, max_codepoint=126), max_size=80))
+def test_any_accepted_target_goes_to_the_configured_origin(tail: str) -> None:
+    origin = URL("http://[::1]:5000")
+    for target in (f"/{tail}", f"/v2/{tail}", tail):
+        if target_problem(target) is None:
+            url = upstream_url(origin, target)
+            assert (url.scheme, url.host, url.port) == ("http", "::1", 5000)
+            path, _, query = target.partition("?")
+            assert (url.raw_path, url.raw_query_string) == (path, query)
+
+
+@pytest.mark.parametrize(
+    ("path", "route"),
+    [
+        ("/v2/", "base"),
+        ("/v2", "base"),
+        ("/v2/_catalog", "catalog"),
+        ("/v2/team/app/blobs/uploads/", "upload"),
+        ("/v2/team/app/blobs/uploads/0f9c-41e2", "upload"),
+        (f"/v2/team/app/blobs/{SHA}", "blob"),
+        ("/v2/team/app/manifests/v1", "manifest"),
+        (f"/v2/team/app/manifests/{SHA}", "manifest"),
+        (f"/v2/team/app/referrers/{SHA}", "referrers"),
+        ("/v2/team/app/tags/list", "tags"),
+        # A repository may be named like an endpoint: the last endpoint-shaped tail decides.
+        ("/v2/a/blobs/b/manifests/v1", "manifest"),
+        ("/v2/x/manifests/blobs/uploads/u", "upload"),
+        ("/v2/tags/list/tags/list", "tags"),
+        ("/healthz", "ops"),
+        ("/readyz", "ops"),
+        ("/metrics", "ops"),
+        ("/", "other"),
+        ("/v2/team/app/unknown", "other"),
+        ("/v2/team/app/blobs/uploads/u/extra", "other"),
+        ("/v2//manifests/v1", "other"),
+    ],
+)
+def test_kind(path: str, route: str) -> None:
+    assert classify(path).kind == route
+
+
+@given(st.text())
+def test_the_kind_is_always_one_of_a_few(path: str) -> None:
+    """Whatever a client sends, the label set stays bounded."""
+    assert classify(path).kind in ROUTE_CLASSES
+
+
+@pytest.mark.parametrize(
+    ("path", "target"),
+    [
+        ("/v2/a/b/blobs/uploads/", Target("upload", "a/b")),
+        ("/v2/a/blobs/uploads/0f9c", Target("upload", "a", "0f9c")),
+        (f"/v2/a/blobs/{SHA}", Target("blob", "a", SHA)),
+        ("/v2/a/blobs/b/manifests/v1", Target("manifest", "a/blobs/b", "v1")),
+        (f"/v2/x/referrers/{SHA}", Target("referrers", "x", SHA)),
+        ("/v2/tags/list/tags/list", Target("tags", "tags/list")),
+    ],
+)
+def test_name_and_reference(path: str, target: Target) -> None:
+    assert classify(path) == target
