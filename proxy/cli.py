@@ -306,6 +306,7 @@ class ReindexCommand:
     repositories: list[str]
     auth: str | None
     resume: Path | None
+    import_native: bool = False
 
 
 @dataclass(frozen=True)
@@ -352,6 +353,11 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FILE",
         type=Path,
         help="checkpoint: finished repositories are appended to FILE, and skipped if it lists them",
+    )
+    reindex.add_argument(
+        "--import-native",
+        action="store_true",
+        help="if the registry answers the Referrers API, index its answers for every manifest read",
     )
     legacy = commands.add_parser(
         "legacy-artifacts",
@@ -426,7 +432,9 @@ def _basic_auth(values: dict[str, Any]) -> str | None:
 def _reindex_command(args: argparse.Namespace, environ: Mapping[str, str]) -> ReindexCommand:
     values = _option_values(args, environ, REINDEX_OPTIONS)
     auth = _basic_auth(values)
-    return ReindexCommand(check_pairs(Settings(**values)), args.repository, auth, args.resume)
+    return ReindexCommand(
+        check_pairs(Settings(**values)), args.repository, auth, args.resume, args.import_native
+    )
 
 
 def legacy_from_args(argv: Sequence[str], environ: Mapping[str, str]) -> LegacyCommand:
@@ -476,6 +484,7 @@ def _run_reindex(command: ReindexCommand) -> int:
                 auth=command.auth,
                 done=done,
                 marks=marks,
+                import_native=command.import_native,
             )
         )
     except ReindexFailed as exc:

@@ -21,7 +21,7 @@ import orjson
 
 from proxy.config import Settings
 from proxy.legacy_tags import LegacyKind, legacy_kind, tag_subject, why_not_by_digest
-from proxy.native import ask_native
+from proxy.native import ZERO_DIGEST, ask_native
 from proxy.registry_client import ACCEPT_MANIFESTS, RegistryClient
 from proxy.tags_api import next_upstream_page
 from proxy.tagschema import TagIndexInvalid, keep_tag_digest, parse_tag_index
@@ -31,7 +31,6 @@ log = logging.getLogger(__name__)
 MAX_PAGES = 10_000
 CONCURRENCY = 16  # tags resolved at once
 MAX_BODY = 64 * 1024 * 1024  # catalog and tag lists can be far larger than a manifest
-_ZERO = "sha256:" + "0" * 64
 
 
 class CleanupRefused(Exception):
@@ -75,7 +74,7 @@ class LegacyCleanup:
             name async for name in self._pages("/v2/_catalog?n=1000", "repositories")
         ]
         if self.delete and names and not force:
-            native = await ask_native(self.client, names[0], _ZERO, self.auth)
+            native = await ask_native(self.client, names[0], ZERO_DIGEST, self.auth)
             if native is not True:
                 raise CleanupRefused(
                     "the registry does not (provably) answer the Referrers API: legacy clients"

@@ -18,6 +18,7 @@ from proxy.manifest import IMAGE_INDEX
 from proxy.registry_client import RegistryClient
 
 log = logging.getLogger(__name__)
+ZERO_DIGEST = "sha256:" + "0" * 64  # a subject no registry holds: the probes' question
 
 
 def native_from_status(status: int, content_type: str | None) -> bool | None:

@@ -7,6 +7,7 @@ else in the suite runs against the real Distribution 2.8.
 
 from __future__ import annotations
 
+import io
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import replace
@@ -21,8 +22,10 @@ from yarl import URL
 
 from proxy.app import make_app
 from proxy.config import Settings, parse_upstream
+from proxy.index import open_index
+from proxy.reindex import reindex
 from tests.conftest import StartProxy
-from tests.harness.native_registry import AUTH, NativeRegistry, running_native_registry
+from tests.harness.native_registry import AUTH, TOKEN, NativeRegistry, running_native_registry
 from tests.harness.processes import Redis
 from tests.oci import INDEX, artifact_manifest, push_manifest, sha256
 
@@ -219,3 +222,35 @@ async def test_an_authorized_404_settles_that_the_upstream_has_no_api(
     assert registry.referrers_queries == 2, "once settled, the upstream is not asked again"
     keep = "_referrer." + sha256(referrer).replace(":", "-")
     assert keep in await tags(http, url, "app"), "a legacy upstream gets its keep tag"
+
+
+async def test_reindex_adds_no_keep_tags_there_and_can_import_its_answers(
+    http: aiohttp.ClientSession, redis_url: str, upstream: tuple[NativeRegistry, str]
+) -> None:
+    registry, url = upstream
+    registry.native, registry.page_size = True, 1
+    referrers = [artifact_manifest(SUBJECT, artifact_type=t) for t in (OLD, NEW)]
+    assert (await push_manifest(http, url, "app", SUBJECT, "v1", headers=AUTH)).status == 201
+    # Straight to the registry, one by a tag the walk finds: the proxy's index knows nothing.
+    for body, tag in zip(referrers, ("sbom", None), strict=True):
+        assert (await push_manifest(http, url, "app", body, tag, headers=AUTH)).status == 201
+    registry.writes.clear()
+    settings = Settings(upstream=parse_upstream(url), redis_url=redis_url)
+    assert settings.keep_tags, "on by default: still none added"
+    walked, both = [sha256(referrers[0])], [sha256(body) for body in referrers]
+    for import_native, indexed in ((False, walked), (True, both)):
+        summary = await reindex(
+            settings,
+            repositories=["app"],
+            auth=TOKEN,
+            done=set(),
+            marks=None,
+            out=io.StringIO(),
+            import_native=import_native,
+        )
+        assert (summary.keep_tags, summary.errors) == (0, 0)
+        index = open_index(settings)
+        page = await index.page("app", sha256(SUBJECT), (), 0, 10)
+        await index.close()
+        assert [orjson.loads(d)["digest"] for d in page.descriptors] == indexed
+    assert registry.writes == []
