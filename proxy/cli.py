@@ -25,6 +25,7 @@ from proxy.config import (
     parse_redis_url,
     parse_upstream,
 )
+from proxy.oci.legacy_tags import LegacyKind
 
 ENV_PREFIX = "REFERRERS_PROXY_"
 _TRUE = {"1", "true", "yes", "on"}
@@ -274,10 +275,28 @@ _REINDEX_SHARED = frozenset(
         "log-format",
     }
 )
+_UPSTREAM_AUTH = (
+    Option("upstream-username", str, "user for HTTP Basic auth to the upstream (not serve)"),
+    Option("upstream-password", str, "its password; prefer the env var (not serve)"),
+)
 REINDEX_OPTIONS: tuple[Option, ...] = (
     *(option for option in SERVE_OPTIONS if option.flag in _REINDEX_SHARED),
-    Option("upstream-username", str, "user for HTTP Basic auth to the upstream (reindex only)"),
-    Option("upstream-password", str, "its password; prefer the env var (reindex only)"),
+    *_UPSTREAM_AUTH,
+)
+_LEGACY_SHARED = frozenset(
+    {
+        "upstream",
+        "upstream-ca-file",
+        "upstream-insecure",
+        "connect-timeout",
+        "read-timeout",
+        "log-level",
+        "log-format",
+    }
+)
+LEGACY_OPTIONS: tuple[Option, ...] = (
+    *(option for option in SERVE_OPTIONS if option.flag in _LEGACY_SHARED),
+    *_UPSTREAM_AUTH,
 )
 
 
@@ -287,6 +306,17 @@ class ReindexCommand:
     repositories: list[str]
     auth: str | None
     resume: Path | None
+    import_native: bool = False
+
+
+@dataclass(frozen=True)
+class LegacyCommand:
+    settings: Settings
+    repositories: list[str]
+    auth: str | None
+    delete: bool
+    force: bool
+    only: LegacyKind | None
 
 
 def _add_options(parser: argparse.ArgumentParser, options: Sequence[Option]) -> None:
@@ -323,6 +353,32 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FILE",
         type=Path,
         help="checkpoint: finished repositories are appended to FILE, and skipped if it lists them",
+    )
+    reindex.add_argument(
+        "--import-native",
+        action="store_true",
+        help="if the registry answers the Referrers API, index its answers for every manifest read",
+    )
+    legacy = commands.add_parser(
+        "legacy-artifacts",
+        help="list (or --delete) the tag-schema indexes and keep tags of a legacy registry",
+    )
+    _add_options(legacy, LEGACY_OPTIONS)
+    legacy.add_argument(
+        "--repository",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="only this repository (repeatable); default: every repository in the catalog",
+    )
+    legacy.add_argument(
+        "--only", choices=[kind.value for kind in LegacyKind], help="only tags of this kind"
+    )
+    legacy.add_argument("--delete", action="store_true", help="remove them (default: list)")
+    legacy.add_argument(
+        "--force",
+        action="store_true",
+        help="--delete even though the registry does not answer the Referrers API",
     )
     return parser
 
@@ -364,14 +420,53 @@ def _serve_settings(args: argparse.Namespace, environ: Mapping[str, str]) -> Set
     return check_pairs(Settings(**_option_values(args, environ, SERVE_OPTIONS)))
 
 
-def _reindex_command(args: argparse.Namespace, environ: Mapping[str, str]) -> ReindexCommand:
-    values = _option_values(args, environ, REINDEX_OPTIONS)
+def _basic_auth(values: dict[str, Any]) -> str | None:
+    """Takes the upstream user and password out of `values`: the Authorization they make."""
     username = values.pop("upstream_username", None)
     password = values.pop("upstream_password", "")
-    auth = None
-    if username is not None:
-        auth = "Basic " + base64.b64encode(f"{username}:{password}".encode()).decode()
-    return ReindexCommand(check_pairs(Settings(**values)), args.repository, auth, args.resume)
+    if username is None:
+        return None
+    return "Basic " + base64.b64encode(f"{username}:{password}".encode()).decode()
+
+
+def _reindex_command(args: argparse.Namespace, environ: Mapping[str, str]) -> ReindexCommand:
+    values = _option_values(args, environ, REINDEX_OPTIONS)
+    auth = _basic_auth(values)
+    return ReindexCommand(
+        check_pairs(Settings(**values)), args.repository, auth, args.resume, args.import_native
+    )
+
+
+def legacy_from_args(argv: Sequence[str], environ: Mapping[str, str]) -> LegacyCommand:
+    return _legacy_command(build_parser().parse_args(list(argv)), environ)
+
+
+def _legacy_command(args: argparse.Namespace, environ: Mapping[str, str]) -> LegacyCommand:
+    values = _option_values(args, environ, LEGACY_OPTIONS)
+    auth = _basic_auth(values)
+    only = LegacyKind(args.only) if args.only else None
+    settings = check_pairs(Settings(**values))
+    return LegacyCommand(settings, args.repository, auth, args.delete, args.force, only)
+
+
+def _run_legacy(command: LegacyCommand) -> int:
+    from proxy.services.legacy_cleanup import CleanupRefused, legacy_artifacts
+
+    try:
+        summary = asyncio.run(
+            legacy_artifacts(
+                command.settings,
+                repositories=command.repositories,
+                auth=command.auth,
+                delete=command.delete,
+                force=command.force,
+                only=command.only,
+            )
+        )
+    except CleanupRefused as exc:
+        sys.stderr.write(f"referrers-proxy legacy-artifacts: {exc}\n")
+        return 1
+    return 1 if summary.errors else 0
 
 
 def _run_reindex(command: ReindexCommand) -> int:
@@ -389,6 +484,7 @@ def _run_reindex(command: ReindexCommand) -> int:
                 auth=command.auth,
                 done=done,
                 marks=marks,
+                import_native=command.import_native,
             )
         )
     except ReindexFailed as exc:
@@ -410,6 +506,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         if command == "reindex":
             reindex = _reindex_command(args, os.environ)
             settings = reindex.settings
+        elif command == "legacy-artifacts":
+            legacy = _legacy_command(args, os.environ)
+            settings = legacy.settings
         else:
             settings = _serve_settings(args, os.environ)
     except SettingsError as exc:
@@ -418,4 +517,6 @@ def main(argv: Sequence[str] | None = None) -> None:
     configure_logging(settings.log_level, settings.log_format)
     if command == "reindex":
         raise SystemExit(_run_reindex(reindex))
+    if command == "legacy-artifacts":
+        raise SystemExit(_run_legacy(legacy))
     serve(settings)

@@ -37,6 +37,7 @@ from proxy.services.pull_access import PullAccess, PullRefused, proves_absent
 from proxy.services.tag_reader import TagIndexReader
 from proxy.services.tag_writer import TagIndexWriter
 from proxy.upstream.client import Answer, RegistryClient, read_capped
+from proxy.upstream.native import ask_native, recorded_upstream
 from proxy.upstream.session import describe_native, native_from_answer
 
 log = logging.getLogger(__name__)
@@ -133,16 +134,26 @@ class ReferrersApi:
                 self.max_annotation_bytes,
             )
             self.metrics.trimmed("put")
-        keep = self.keep_tags.instead_of(reference, referrer) if referrer is not None else None
+        auth = request.headers.get("Authorization")
+        keep = None
+        if referrer is not None and not await self._native(name, referrer.subject, auth):
+            keep = self.keep_tags.instead_of(reference, referrer)
         target = f"/v2/{name}/manifests/{keep}" if keep is not None else None
         answer = await self.forwarder.exchange(request, cap, body, target)
         if referrer is None or answer.status != 201:
             return self.forwarder.reply(request, answer)
         _confirmed_digest(answer, referrer.digest)
-        auth = request.headers.get("Authorization")
         if keep is not None:
             answer = _as_pushed(answer, keep, referrer.digest)
-        elif self.keep_tags.enabled:
+        if recorded_upstream(answer.headers, referrer.subject):
+            self._settle(True)  # also an upgrade under a running proxy
+        if self.upstream_native is True:
+            # The upstream recorded it, and its OCI-Subject goes to the client as it came.
+            log.info(
+                "%s %s: recorded upstream as a referrer of %s", name, reference, referrer.subject
+            )
+            return self.forwarder.reply(request, answer)
+        if keep is None and self.keep_tags.enabled:
             await self.keep_tags.keep(
                 name, referrer, body, request.headers.get("Content-Type", ""), auth
             )
@@ -175,7 +186,12 @@ class ReferrersApi:
             deleted = True
         if deleted or proves_absent(answer):
             await self.index.remove(name, reference)
-        if deleted and subject is not None and self.writer is not None:
+        if (
+            deleted
+            and subject is not None
+            and self.writer is not None
+            and not await self._native(name, subject, auth)
+        ):
             try:
                 await self.writer.changed(name, subject, auth)
             except (
@@ -190,6 +206,21 @@ class ReferrersApi:
                 log.error("%s %s: deleted, tag-schema index not updated: %r", name, subject, exc)
         return self.forwarder.reply(request, answer)
 
+    def _settle(self, native: bool | None) -> None:
+        if native is not None and native != self.upstream_native:
+            self.upstream_native = native
+            log.info("upstream Referrers API: %s", describe_native(native))
+
+    async def _native(self, name: str, subject: str, auth: str | None) -> bool:
+        """Whether to leave the upstream's referrers to it (writing nothing of the proxy's
+        there); while unknown, asked with the writer's credentials. Unproven is legacy."""
+        if self.upstream_native is None:
+            try:
+                self._settle(await ask_native(self.client, name, subject, auth))
+            except (aiohttp.ClientError, TimeoutError, OCIError) as exc:
+                log.warning("%s %s: upstream Referrers API not settled: %r", name, subject, exc)
+        return self.upstream_native is True
+
     async def _gone(self, name: str, digest: str, auth: str | None) -> bool:
         try:
             answer = await self.client.get_manifest(name, digest, auth)
@@ -199,7 +230,7 @@ class ReferrersApi:
 
     async def _subject_of(self, name: str, digest: str, auth: str | None) -> str | None:
         """Which tag-schema index lists the manifest about to be deleted, read before it goes."""
-        if self.writer is None:
+        if self.writer is None or self.upstream_native is True:
             return None
         answer = await self.client.get_manifest(name, digest, auth)
         if answer.status != 200:
@@ -278,9 +309,7 @@ class ReferrersApi:
         is given back before the index is asked, which may call the upstream again."""
         async with self.forwarder.open(request) as upstream:
             native = native_from_answer(upstream)
-            if native is not None and native != self.upstream_native:
-                self.upstream_native = native
-                log.info("upstream Referrers API: %s", describe_native(native))
+            self._settle(native)
             if upstream.status in (401, 403):
                 return await self.forwarder.relay(request, upstream)
             body = (

@@ -7,6 +7,10 @@ index at all is rebuilt just the same. With keep tags on it is also the migratio
 found without its keep tag (pushed by a legacy client, or through a proxy before keep tags) gets
 one, so `garbage-collect --delete-untagged` keeps it. Adding is idempotent, so a run can be
 repeated; `--resume` skips the repositories a previous run finished.
+
+In front of a registry that answers the Referrers API itself it adds no keep tags (the registry
+records its referrers), and with `--import-native` asks it for the referrers of every manifest
+read, so the index holds those too.
 """
 
 from __future__ import annotations
@@ -31,9 +35,15 @@ from proxy.oci.manifest import (
     inspect_manifest,
 )
 from proxy.oci.names import is_digest
-from proxy.oci.tagschema import is_tag_schema_name, keep_tag_digest
+from proxy.oci.tagschema import (
+    TagIndexInvalid,
+    is_tag_schema_name,
+    keep_tag_digest,
+    parse_tag_index,
+)
 from proxy.services.keep_tags import KeepTags
 from proxy.upstream.client import RegistryClient
+from proxy.upstream.native import ZERO_DIGEST, ask_native
 from proxy.upstream.session import open_session
 
 log = logging.getLogger(__name__)
@@ -85,9 +95,11 @@ class Reindexer:
         progress: TextIO = sys.stderr,
         max_annotation_bytes: int = MAX_ANNOTATION_BYTES,
         keep_tags: bool = False,
+        import_native: bool = False,
     ) -> None:
         self.client = client
         self.keep_tags = KeepTags(client, keep_tags)
+        self.import_native = import_native
         self._reads = asyncio.Semaphore(CONCURRENCY)
         self.max_annotation_bytes = max_annotation_bytes
         self.index = index
@@ -100,6 +112,12 @@ class Reindexer:
         names = repositories or [
             name async for name in self._pages("/v2/_catalog?n=1000", "repositories")
         ]
+        if names and await ask_native(self.client, names[0], ZERO_DIGEST, self.auth):
+            # The registry keeps its referrers itself: nothing of the proxy's is written there.
+            log.info("the registry answers the Referrers API: no keep tags are added")
+            self.keep_tags = KeepTags(self.client, False)
+        else:
+            self.import_native = False
         for position, name in enumerate(names, 1):
             if name in done:
                 self.summary.skipped += 1
@@ -177,6 +195,8 @@ class Reindexer:
         if self.summary.manifests % SHOW_EVERY == 0:
             self._show(repo)
         repo.seen.add(answer.content_digest)
+        if self.import_native:
+            await self._import_native(repo, answer.content_digest)
         content_type = answer.headers.get("Content-Type", "")
         algorithm = reference.partition(":")[0] if is_digest(reference) else "sha256"
         try:
@@ -201,6 +221,36 @@ class Reindexer:
         if content_type.split(";")[0].strip() in _CHILD_LISTS and depth < 4:
             await self._each(repo, _listed(document), self._manifest, depth + 1)
         return document
+
+    async def _import_native(self, repo: _Repository, subject: str) -> None:
+        """The registry's own referrers of `subject`, every page, into the index."""
+        path: str | None = f"/v2/{repo.name}/referrers/{subject}"
+        for _ in range(MAX_PAGES):
+            if path is None:
+                return
+            async with self._reads:
+                answer = await self.client.call(
+                    "GET", path, auth=self.auth, headers={"Accept": IMAGE_INDEX}
+                )
+            try:
+                if answer.status != 200:
+                    raise TagIndexInvalid(f"answered {answer.status}")
+                listed = parse_tag_index(
+                    subject,
+                    answer.body,
+                    answer.headers.get("Content-Type", ""),
+                    "",
+                    self.max_annotation_bytes,
+                ).referrers
+            except TagIndexInvalid as exc:
+                log.warning("%s %s: referrers not imported: %s", repo.name, subject, exc)
+                self.summary.errors += 1
+                return
+            kept = [r for r in listed if not await self._deleted(repo, r)]
+            if kept and self.index is not None:
+                await self.index.add_listed(repo.name, subject, kept)
+            self.summary.referrers += len(kept)
+            path = answer.next_page
 
     async def _deleted(self, repo: _Repository, referrer: Referrer) -> bool:
         """Deleted through the proxy since the walk read it (the index tombstoned it)."""
@@ -250,6 +300,7 @@ async def reindex(
     done: set[str],
     marks: TextIO | None,
     out: TextIO = sys.stdout,
+    import_native: bool = False,
 ) -> Summary:
     """Run a whole reindex, skipping the repositories in `done` and appending each finished one
     to `marks` (the checkpoint a later `--resume` reads)."""
@@ -267,6 +318,7 @@ async def reindex(
             auth=auth,
             max_annotation_bytes=settings.max_annotation_bytes,
             keep_tags=settings.keep_tags,
+            import_native=import_native,
         )
         try:
             async for name in walker.run(repositories, done):

@@ -11,6 +11,7 @@ from yarl import URL
 from proxy.config import Settings
 from proxy.oci.manifest import IMAGE_INDEX
 from proxy.oci.targets import upstream_url
+from proxy.upstream.native import native_from_status
 
 log = logging.getLogger(__name__)
 
@@ -61,11 +62,6 @@ def open_session(
 NATIVE_PROBE_PATH = "/v2/referrers-proxy-probe/referrers/sha256:" + "0" * 64
 
 
-def is_image_index(content_type: str | None) -> bool:
-    """Clients compare the exact string; so does the proxy when it judges an upstream."""
-    return (content_type or "").split(";", 1)[0].strip() == IMAGE_INDEX
-
-
 async def probe_native_referrers(session: aiohttp.ClientSession, upstream: URL) -> bool | None:
     """Whether the upstream answers the Referrers API itself (an OCI 1.1 registry).
 
@@ -87,14 +83,12 @@ async def probe_native_referrers(session: aiohttp.ClientSession, upstream: URL) 
 
 
 def native_from_answer(response: aiohttp.ClientResponse) -> bool | None:
-    if response.status == 200 and is_image_index(response.headers.get("Content-Type")):
-        return True
-    if response.status == 404:
-        return False
-    return None
+    return native_from_status(response.status, response.headers.get("Content-Type"))
 
 
 def describe_native(native: bool | None) -> str:
     if native is None:
-        return "unknown until an authorized referrers request"
-    return "native, its answers are merged" if native else "absent, the proxy's index answers"
+        return "unknown until an authorized referrers request or write"
+    if native:
+        return "native, its answers are merged and the proxy writes nothing there"
+    return "absent, the proxy's index answers"

@@ -23,6 +23,7 @@ from proxy.devstack.oci_client import (
     listed_referrers,
     push_manifest,
     push_subject_image,
+    settled_tag_index,
     sha256,
 )
 from proxy.devstack.processes import Redis, Registry, running_registry
@@ -73,6 +74,12 @@ async def test_reindex_rebuilds_a_wiped_redis(
     via_proxy = [artifact_manifest(image, annotations={"n": str(n)}) for n in range(3)]
     for manifest in via_proxy:
         assert (await push_manifest(http, writer, repo, manifest)).status == 201
+    # A legacy client's read-modify-write of the tag-schema index must not race the proxy's
+    # write behind the attaches (the schema has no compare-and-set): it comes after, as a
+    # client of the registry alone would.
+    await settled_tag_index(
+        http, own_registry.url, repo, image, [sha256(m) for m in via_proxy], any_order=True
+    )
     legacy = await legacy_attach(http, own_registry.url, repo, image, 9)
     tagged = artifact_manifest(image, annotations={"tagged": "yes"})
     assert (await push_manifest(http, own_registry.url, repo, tagged, "signature")).status == 201

@@ -155,3 +155,11 @@ def test_manifest_cache_flag_env_and_its_redis_requirement() -> None:
         settings_from_args([*base, "--manifest-cache", "disk"], {})
     with pytest.raises(SettingsError, match="--manifest-cache-bytes: must be a positive"):
         settings_from_args([*base, "--manifest-cache-bytes", "0"], {})
+
+
+def test_reindex_imports_native_answers_only_when_asked() -> None:
+    from proxy.cli import reindex_from_args
+
+    env = {"REFERRERS_PROXY_UPSTREAM": "http://r:5000"}
+    assert not reindex_from_args(["reindex"], env).import_native
+    assert reindex_from_args(["reindex", "--import-native"], env).import_native

@@ -1,0 +1,198 @@
+"""`referrers-proxy legacy-artifacts`: after the registry gained the Referrers API, list (or with
+`--delete` remove) the tag-schema indexes and keep tags written while it lacked it.
+
+A dry run by default. A tag is deleted alone where the registry can (OCI 1.1 `DELETE
+/manifests/<tag>`); where it deletes by digest only (Distribution 2.8), a tag-schema index goes
+by digest when no other tag names it, and a keep tag stays (its digest is the referrer's own).
+Deleting in front of a registry that still lacks the API takes the legacy clients' only way to
+find referrers, so it needs `--force` there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import TextIO
+
+import orjson
+
+from proxy.config import Settings
+from proxy.oci.legacy_tags import LegacyKind, legacy_kind, tag_subject, why_not_by_digest
+from proxy.oci.tagschema import TagIndexInvalid, keep_tag_digest, parse_tag_index
+from proxy.upstream.client import ACCEPT_MANIFESTS, RegistryClient
+from proxy.upstream.native import ZERO_DIGEST, ask_native
+from proxy.upstream.session import open_session
+
+log = logging.getLogger(__name__)
+MAX_PAGES = 10_000
+CONCURRENCY = 16  # tags resolved at once
+MAX_BODY = 64 * 1024 * 1024  # catalog and tag lists can be far larger than a manifest
+
+
+class CleanupRefused(Exception):
+    """The run cannot start: the catalog was refused, or deleting needs --force."""
+
+
+@dataclass
+class Summary:
+    tag_indexes: int = 0
+    keep_tags: int = 0
+    removed: int = 0
+    left: int = 0
+    errors: int = 0
+
+    def line(self) -> str:
+        return (
+            f"tag-schema indexes {self.tag_indexes}, keep tags {self.keep_tags}, removed"
+            f" {self.removed}, left {self.left}, errors {self.errors}"
+        )
+
+
+class LegacyCleanup:
+    def __init__(
+        self,
+        client: RegistryClient,
+        *,
+        auth: str | None,
+        delete: bool,
+        out: TextIO,
+        only: LegacyKind | None = None,
+    ) -> None:
+        self.client = client
+        self.only = only
+        self.auth = auth
+        self.delete = delete
+        self.out = out
+        self.summary = Summary()
+
+    async def run(self, repositories: list[str], *, force: bool = False) -> None:
+        names = repositories or [
+            name async for name in self._pages("/v2/_catalog?n=1000", "repositories")
+        ]
+        if self.delete and names and not force:
+            native = await ask_native(self.client, names[0], ZERO_DIGEST, self.auth)
+            if native is not True:
+                raise CleanupRefused(
+                    "the registry does not (provably) answer the Referrers API: legacy clients"
+                    " still read these tags; --force to delete them anyway"
+                )
+        for name in names:
+            await self._repository(name)
+
+    async def _pages(self, path: str, key: str) -> AsyncIterator[str]:
+        next_path: str | None = path
+        for _ in range(MAX_PAGES):
+            if next_path is None:
+                return
+            answer = await self.client.call("GET", next_path, auth=self.auth)
+            if answer.status != 200:
+                if key == "repositories":
+                    raise CleanupRefused(f"GET {next_path}: {answer.status} {answer.body[:200]!r}")
+                log.warning("GET %s: %d", next_path, answer.status)
+                self.summary.errors += 1
+                return
+            for item in orjson.loads(answer.body).get(key) or []:
+                yield item
+            next_path = answer.next_page
+
+    async def _repository(self, name: str) -> None:
+        tags = [tag async for tag in self._pages(f"/v2/{name}/tags/list", "tags")]
+        by_digest: dict[str, set[str]] | None = None
+        for tag in sorted(tags):
+            kind = legacy_kind(tag)
+            if kind is None or self.only not in (None, kind):
+                continue
+            digest = await self._legacy_digest(name, tag, kind)
+            if digest is None:
+                continue
+            if kind is LegacyKind.TAG_INDEX:
+                self.summary.tag_indexes += 1
+            else:
+                self.summary.keep_tags += 1
+            self.out.write(f"{name}:{tag}\t{kind}\t{digest}\n")
+            if not self.delete:
+                continue
+            gone = await self.client.call("DELETE", f"/v2/{name}/manifests/{tag}", auth=self.auth)
+            if gone.status not in (400, 405):  # what registries that delete by digest only say
+                self._count_removed(name, tag, gone.status)
+                continue
+            if by_digest is None:
+                by_digest = await self._tags_by_digest(name, tags)
+            reason = why_not_by_digest(kind, tag, digest, by_digest)
+            if reason is not None:
+                log.warning("%s:%s left: %s", name, tag, reason)
+                self.summary.left += 1
+                continue
+            gone = await self.client.delete_manifest(name, digest, self.auth)
+            self._count_removed(name, tag, gone.status)
+
+    def _count_removed(self, name: str, tag: str, status: int) -> None:
+        if status in (200, 202, 404):
+            self.summary.removed += 1
+            log.info("%s:%s removed", name, tag)
+        else:
+            log.error("%s:%s not removed: the registry answered %d", name, tag, status)
+            self.summary.errors += 1
+
+    async def _legacy_digest(self, name: str, tag: str, kind: LegacyKind) -> str | None:
+        """The digest of what the tag names, when it is what its name says: a referrers index
+        of that subject, or the referrer its keep tag names. Anything else is left alone."""
+        answer = await self.client.get_manifest(name, tag, self.auth)
+        if answer.status != 200:
+            log.warning("%s:%s: %d", name, tag, answer.status)
+            self.summary.errors += 1
+            return None
+        digest = answer.content_digest
+        if kind is LegacyKind.TAG_INDEX:
+            content_type = answer.headers.get("Content-Type", "")
+            try:
+                parse_tag_index(tag_subject(tag), answer.body, content_type, digest)
+            except TagIndexInvalid as exc:
+                log.warning("%s:%s is not a referrers index (%s): left alone", name, tag, exc)
+                return None
+        elif keep_tag_digest(tag) not in (None, digest):
+            log.warning("%s:%s names another manifest than its referrer: left alone", name, tag)
+            return None
+        return digest
+
+    async def _tags_by_digest(self, name: str, tags: list[str]) -> dict[str, set[str]]:
+        """Which tags name each manifest (HEAD each tag, CONCURRENCY at a time)."""
+        found: dict[str, set[str]] = {}
+        heads = asyncio.Semaphore(CONCURRENCY)
+
+        async def head(tag: str) -> None:
+            async with heads:
+                answer = await self.client.call(
+                    "HEAD",
+                    f"/v2/{name}/manifests/{tag}",
+                    auth=self.auth,
+                    headers={"Accept": ACCEPT_MANIFESTS},
+                )
+            digest = answer.headers.get("Docker-Content-Digest")
+            if digest:
+                found.setdefault(digest, set()).add(tag)
+
+        await asyncio.gather(*(head(tag) for tag in tags))
+        return found
+
+
+async def legacy_artifacts(
+    settings: Settings,
+    *,
+    repositories: list[str],
+    auth: str | None,
+    delete: bool,
+    force: bool,
+    only: LegacyKind | None = None,
+    out: TextIO = sys.stdout,
+) -> Summary:
+    async with open_session(settings) as session:
+        client = RegistryClient(session, settings.upstream, max_body=MAX_BODY)
+        cleanup = LegacyCleanup(client, auth=auth, delete=delete, out=out, only=only)
+        await cleanup.run(repositories, force=force)
+    verb = "" if delete else " (dry run: --delete to remove)"
+    out.write(f"legacy-artifacts{verb}: {cleanup.summary.line()}\n")
+    return cleanup.summary

@@ -1,0 +1,49 @@
+"""Whether a write goes in front of an upstream that has the Referrers API itself.
+
+A native upstream records each referrer on the manifest PUT and answers `OCI-Subject`: the
+proxy then writes nothing of its own there (no tag-schema index, no keep tag, no superseded
+index delete), which would only clutter the tag namespace the API exists to keep clean. Only an
+answer proves the kind: the start-up probe, a referrers answer to real credentials, or a PUT
+answered with `OCI-Subject` (the spec's word for "recorded"). While none has, a write asks the
+upstream once with the writer's credentials; if that proves nothing either, the write is made
+the legacy way, which loses no referrer.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+
+from proxy.oci.manifest import IMAGE_INDEX
+from proxy.upstream.client import RegistryClient
+
+log = logging.getLogger(__name__)
+ZERO_DIGEST = "sha256:" + "0" * 64  # a subject no registry holds: the probes' question
+
+
+def native_from_status(status: int, content_type: str | None) -> bool | None:
+    """A 200 image index says yes and a 404 says no; a challenge, an error or anything else
+    says nothing (clients compare the Content-Type to the letter; so does the proxy)."""
+    if status == 200 and (content_type or "").split(";", 1)[0].strip() == IMAGE_INDEX:
+        return True
+    if status == 404:
+        return False
+    return None
+
+
+def recorded_upstream(headers: Mapping[str, str], subject: str) -> bool:
+    """The PUT answer says the upstream recorded the referrer of `subject` itself."""
+    return headers.get("OCI-Subject") == subject
+
+
+async def ask_native(
+    client: RegistryClient, repository: str, subject: str, auth: str | None
+) -> bool | None:
+    """The upstream's referrers answer for `subject`, judged, with the writer's credentials."""
+    answer = await client.call(
+        "GET",
+        f"/v2/{repository}/referrers/{subject}",
+        auth=auth,
+        headers={"Accept": IMAGE_INDEX},
+    )
+    return native_from_status(answer.status, answer.headers.get("Content-Type"))
