@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 
 import aiohttp
 import orjson
-from aiohttp import web
+from aiohttp import hdrs, web
 from aiohttp.typedefs import Handler
 from prometheus_client import CONTENT_TYPE_LATEST
 
@@ -221,7 +221,7 @@ def make_app(
 
     async def metrics_page(request: web.Request) -> web.StreamResponse:
         return web.Response(
-            body=request.app[METRICS].exposition(), headers={"Content-Type": CONTENT_TYPE_LATEST}
+            body=request.app[METRICS].exposition(), headers={hdrs.CONTENT_TYPE: CONTENT_TYPE_LATEST}
         )
 
     # Outside /v2/, so they never shadow a registry path; no credentials asked.

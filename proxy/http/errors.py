@@ -10,7 +10,7 @@ import logging
 from typing import Any
 
 import aiohttp
-from aiohttp import web
+from aiohttp import hdrs, web
 from aiohttp.typedefs import Handler
 
 from proxy.index.base import IndexUnavailable
@@ -70,7 +70,10 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except IndexUnavailable as exc:
         log.error("%s %s: referrers index unavailable: %s", request.method, request.path, exc)
         return error_response(
-            503, "UNAVAILABLE", "referrers index unavailable, retry", headers={"Retry-After": "1"}
+            503,
+            "UNAVAILABLE",
+            "referrers index unavailable, retry",
+            headers={hdrs.RETRY_AFTER: "1"},
         )
     except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
         log.warning("%s %s: upstream timed out: %s", request.method, request.path, fault(exc))

@@ -117,7 +117,7 @@ class Forwarder:
                 429,
                 "TOOMANYREQUESTS",
                 "too many transfers in flight for this client",
-                headers={"Retry-After": "1"},
+                headers={hdrs.RETRY_AFTER: "1"},
             )
         return keys
 
@@ -181,7 +181,7 @@ class Forwarder:
         headers = client_response_headers(
             answer.headers, upstream=self.upstream, public=request.url.origin()
         )
-        headers.popall("Content-Length", None)
+        headers.popall(hdrs.CONTENT_LENGTH, None)
         if extra_headers:
             headers.update(extra_headers)
         return web.Response(status=answer.status, body=answer.body, headers=headers)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 
+from aiohttp import hdrs
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
@@ -81,11 +82,11 @@ def client_response_headers(
     upstream_headers: Headers, *, upstream: URL, public: URL
 ) -> CIMultiDict[str]:
     headers = _end_to_end(upstream_headers, frozenset())
-    if "Location" in headers:
-        headers["Location"] = rewrite_url(headers["Location"], upstream, public)
-    if "Link" in headers:
-        links = [rewrite_link(link, upstream, public) for link in headers.getall("Link")]
-        del headers["Link"]
+    if hdrs.LOCATION in headers:
+        headers[hdrs.LOCATION] = rewrite_url(headers[hdrs.LOCATION], upstream, public)
+    if hdrs.LINK in headers:
+        links = [rewrite_link(link, upstream, public) for link in headers.getall(hdrs.LINK)]
+        del headers[hdrs.LINK]
         for link in links:
-            headers.add("Link", link)
+            headers.add(hdrs.LINK, link)
     return headers

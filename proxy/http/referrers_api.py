@@ -7,7 +7,7 @@ import logging
 
 import aiohttp
 import orjson
-from aiohttp import web
+from aiohttp import hdrs, web
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from proxy.http.forward import Forwarder
@@ -54,20 +54,20 @@ def _confirmed_digest(answer: Answer, ours: str) -> None:
 def _as_pushed(answer: Answer, keep: str, digest: str) -> Answer:
     """The answer to a PUT by digest made as a PUT by the keep tag: a registry that names the
     manifest by the tag it was put to would show the client the hidden tag."""
-    location = answer.headers.get("Location", "")
+    location = answer.headers.get(hdrs.LOCATION, "")
     if keep not in location:
         return answer
     headers = CIMultiDict(answer.headers)
-    headers["Location"] = location.replace(keep, digest)
+    headers[hdrs.LOCATION] = location.replace(keep, digest)
     return Answer(answer.status, CIMultiDictProxy(headers), answer.body)
 
 
 def _index_answer(page: Page, name: str, subject: str, artifact_types: list[str]) -> web.Response:
-    headers = {"Content-Type": IMAGE_INDEX}
+    headers: dict[str, str] = {hdrs.CONTENT_TYPE: IMAGE_INDEX}
     if artifact_types:
         headers["OCI-Filters-Applied"] = "artifactType"
     if page.next_after is not None:
-        headers["Link"] = next_link(name, subject, artifact_types, page.next_after)
+        headers[hdrs.LINK] = next_link(name, subject, artifact_types, page.next_after)
     return web.Response(body=render_index(page.descriptors), headers=headers)
 
 
@@ -120,7 +120,7 @@ class ReferrersApi:
         try:
             referrer = inspect_manifest(
                 body,
-                request.headers.get("Content-Type", ""),
+                request.headers.get(hdrs.CONTENT_TYPE, ""),
                 digest_algorithm(reference),
                 self.max_annotation_bytes,
             )
@@ -134,7 +134,7 @@ class ReferrersApi:
                 self.max_annotation_bytes,
             )
             self.metrics.trimmed("put")
-        auth = request.headers.get("Authorization")
+        auth = request.headers.get(hdrs.AUTHORIZATION)
         keep = None
         if referrer is not None and not await self._native(name, referrer.subject, auth):
             keep = self.keep_tags.instead_of(reference, referrer)
@@ -155,7 +155,7 @@ class ReferrersApi:
             return self.forwarder.reply(request, answer)
         if keep is None and self.keep_tags.enabled:
             await self.keep_tags.keep(
-                name, referrer, body, request.headers.get("Content-Type", ""), auth
+                name, referrer, body, request.headers.get(hdrs.CONTENT_TYPE, ""), auth
             )
         await self.index.add(name, referrer)
         if self.writer is not None:
@@ -167,7 +167,7 @@ class ReferrersApi:
         name, reference = repository_target(request)
         if not is_digest(reference):
             return await self.forwarder.handle(request)
-        auth = request.headers.get("Authorization")
+        auth = request.headers.get(hdrs.AUTHORIZATION)
         subject = await self._subject_of(name, reference, auth)
         answer = await self.forwarder.exchange(request, self.max_manifest_bytes)
         # A MANIFEST_UNKNOWN 404: already gone upstream (perhaps an earlier attempt whose index
@@ -236,7 +236,7 @@ class ReferrersApi:
         if answer.status != 200:
             return None
         try:
-            found = inspect_manifest(answer.body, answer.headers.get("Content-Type", ""))
+            found = inspect_manifest(answer.body, answer.headers.get(hdrs.CONTENT_TYPE, ""))
         except ManifestInvalid:
             return None
         return found.subject if found is not None else None
@@ -253,7 +253,7 @@ class ReferrersApi:
         )
         try:
             visible = await self.access.may_pull(
-                name, subject, request.headers.get("Authorization")
+                name, subject, request.headers.get(hdrs.AUTHORIZATION)
             )
         except PullRefused as refused:
             return self.forwarder.reply(request, refused.answer)
@@ -271,7 +271,7 @@ class ReferrersApi:
             after = decode_cursor(cursor) if cursor else 0
         except CursorInvalid as exc:
             raise OCIError(400, "UNSUPPORTED", str(exc)) from exc
-        auth = request.headers.get("Authorization")
+        auth = request.headers.get(hdrs.AUTHORIZATION)
         try:
             if not cursor:
                 await self.reader.refresh(name, subject, auth)
@@ -342,9 +342,9 @@ class ReferrersApi:
             )
             merged += [d for d in own.descriptors if orjson.loads(d)["digest"] not in digests]
         self.metrics.served("upstream", len(merged))
-        answer = {"Content-Type": IMAGE_INDEX}
+        answer: dict[str, str] = {hdrs.CONTENT_TYPE: IMAGE_INDEX}
         if artifact_types:
             answer["OCI-Filters-Applied"] = "artifactType"
-        if "Link" in headers:
-            answer["Link"] = headers["Link"]
+        if hdrs.LINK in headers:
+            answer[hdrs.LINK] = headers[hdrs.LINK]
         return web.Response(body=render_index(merged), headers=answer)

@@ -7,7 +7,7 @@ import logging
 from urllib.parse import quote, urlencode
 
 import orjson
-from aiohttp import web
+from aiohttp import hdrs, web
 
 from proxy.http.forward import Forwarder
 from proxy.http.routing import TARGET
@@ -39,7 +39,7 @@ class TagListApi:
         name = request[TARGET].name or ""
         n = _page_size(request)
         last = request.query.get("last") or None
-        auth = request.headers.get("Authorization")
+        auth = request.headers.get(hdrs.AUTHORIZATION)
         path: str | None = f"/v2/{name}/tags/list"
         tags: list[str] = []
         for _ in range(MAX_UPSTREAM_PAGES):
@@ -56,8 +56,8 @@ class TagListApi:
         else:
             log.warning("%s: tag list longer than %d upstream pages, cut", name, MAX_UPSTREAM_PAGES)
         page, more = visible_tags(tags, last, n)
-        answer_headers = {"Content-Type": "application/json"}
+        answer_headers = {hdrs.CONTENT_TYPE: "application/json"}
         if more and page:
             query = urlencode({"n": n, "last": page[-1]}, quote_via=quote)
-            answer_headers["Link"] = f'</v2/{name}/tags/list?{query}>; rel="next"'
+            answer_headers[hdrs.LINK] = f'</v2/{name}/tags/list?{query}>; rel="next"'
         return web.Response(body=orjson.dumps({"name": name, "tags": page}), headers=answer_headers)

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
+from proxy.oci.manifest import media_type
+
 MAX_ENTRY_BYTES = 1 << 20  # larger manifests (rare; the registry's limit is 4 MiB) pass through
 # Request headers that make the upstream's answer depend on more than the digest.
 _CONDITIONAL = ("If-Match", "If-None-Match", "If-Modified-Since", "If-Unmodified-Since", "Range")
@@ -40,13 +42,9 @@ def kept_headers(headers: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
     return [(name, value) for name, value in headers if name.lower() not in _NOT_KEPT]
 
 
-def media_type(content_type: str) -> str:
-    return content_type.split(";", 1)[0].strip().lower()
-
-
 def accepts(accept_values: Iterable[str], content_type: str) -> bool:
     """Whether any `Accept` header value lists `content_type`'s media type itself (a wildcard
     does not count: Distribution does not serve an OCI manifest to `*/*`)."""
-    wanted = media_type(content_type)
-    offered = {media_type(item) for value in accept_values for item in value.split(",")}
+    wanted = media_type(content_type).lower()
+    offered = {media_type(item).lower() for value in accept_values for item in value.split(",")}
     return bool(wanted) and wanted in offered

@@ -50,8 +50,14 @@ def digest_algorithm(reference: str) -> str:
     return algorithm if sep and algorithm in _HASHES else "sha256"
 
 
+def media_type(content_type: str) -> str:
+    """A Content-Type's media type, parameters left out, as sent (callers that match it
+    case-insensitively lower it)."""
+    return content_type.split(";", 1)[0].strip()
+
+
 def _media_type(content_type: str, document: dict[str, Any]) -> str | None:
-    declared = content_type.split(";", 1)[0].strip().lower()
+    declared = media_type(content_type).lower()
     if declared in _GENERIC_TYPES:
         field = document.get("mediaType")
         declared = field if isinstance(field, str) else ""
@@ -100,6 +106,25 @@ def _artifact_type(media_type: str, document: dict[str, Any]) -> str | None:
     return None
 
 
+def described(
+    subject: str,
+    media_type: str,
+    digest: str,
+    size: int,
+    artifact_type: str | None,
+    annotations: dict[str, str] | None,
+    trimmed: bool,
+) -> Referrer:
+    """The one way a referrer's descriptor is written, whether from a pushed manifest or from
+    a tag-schema index someone else wrote."""
+    descriptor: dict[str, Any] = {"mediaType": media_type, "digest": digest, "size": size}
+    if artifact_type:
+        descriptor["artifactType"] = artifact_type
+    if annotations:
+        descriptor["annotations"] = annotations
+    return Referrer(subject, digest, artifact_type or None, orjson.dumps(descriptor), trimmed)
+
+
 def inspect_manifest(
     body: bytes,
     content_type: str,
@@ -123,15 +148,11 @@ def inspect_manifest(
     if media_type is None:
         return None
     subject = _subject_digest(document["subject"])
-    digest = compute_digest(body, algorithm)
-    descriptor: dict[str, Any] = {"mediaType": media_type, "digest": digest, "size": len(body)}
     artifact_type = _artifact_type(media_type, document)
-    if artifact_type is not None:
-        descriptor["artifactType"] = artifact_type
     annotations = document.get("annotations") or {}
     if not string_map(annotations):
         raise ManifestInvalid("annotations must map strings to strings")
     trimmed = bool(annotations) and not within_bound(annotations, max_annotation_bytes)
-    if annotations and not trimmed:
-        descriptor["annotations"] = annotations
-    return Referrer(subject, digest, artifact_type, orjson.dumps(descriptor), trimmed)
+    digest = compute_digest(body, algorithm)
+    kept = None if trimmed else annotations
+    return described(subject, media_type, digest, len(body), artifact_type, kept, trimmed)

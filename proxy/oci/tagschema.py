@@ -19,6 +19,8 @@ from proxy.oci.manifest import (
     MAX_ANNOTATION_BYTES,
     MAX_ARTIFACT_TYPE,
     Referrer,
+    described,
+    media_type,
     string_map,
     within_bound,
 )
@@ -93,23 +95,22 @@ def _referrer(subject: str, entry: Any, max_annotation_bytes: int) -> Referrer:
         raise TagIndexInvalid(f"a listed descriptor has digest {digest!r}")
     if not isinstance(size, int) or isinstance(size, bool) or size < 0:
         raise TagIndexInvalid(f"a listed descriptor has size {size!r}")
-    descriptor: dict[str, Any] = {"mediaType": media_type, "digest": digest, "size": size}
     artifact_type = entry.get("artifactType")
     if isinstance(artifact_type, str) and len(artifact_type) > MAX_ARTIFACT_TYPE:
         raise TagIndexInvalid(f"a listed artifactType is longer than {MAX_ARTIFACT_TYPE}")
-    if isinstance(artifact_type, str) and artifact_type:
-        descriptor["artifactType"] = artifact_type
-    else:
-        artifact_type = None
     # What another client wrote: annotations that are no string map, or over the bound, are
     # left out (`trimmed`) rather than refusing the whole index.
     annotations = entry.get("annotations")
-    trimmed = annotations is not None
-    if string_map(annotations) and within_bound(annotations, max_annotation_bytes):
-        trimmed = False
-        if annotations:
-            descriptor["annotations"] = annotations
-    return Referrer(subject, digest, artifact_type, orjson.dumps(descriptor), trimmed)
+    kept = string_map(annotations) and within_bound(annotations, max_annotation_bytes)
+    return described(
+        subject,
+        media_type,
+        digest,
+        size,
+        artifact_type if isinstance(artifact_type, str) else None,
+        annotations if kept else None,
+        annotations is not None and not kept,
+    )
 
 
 def parse_tag_index(
@@ -123,7 +124,7 @@ def parse_tag_index(
     the subject itself (some registries resolve `sha256-<hex>` to the subject: oras-go#1396)."""
     if digest == subject:
         raise TagIndexInvalid("the tag resolves to the subject itself")
-    if content_type.split(";", 1)[0].strip() != IMAGE_INDEX:
+    if media_type(content_type) != IMAGE_INDEX:
         raise TagIndexInvalid(f"the tag holds {content_type!r}, not an image index")
     try:
         document = orjson.loads(body)

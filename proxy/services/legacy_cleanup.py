@@ -17,9 +17,10 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import TextIO
 
-import orjson
+from aiohttp import hdrs
 
 from proxy.config import Settings
+from proxy.oci.errors import UpstreamRefused
 from proxy.oci.legacy_tags import LegacyKind, legacy_kind, tag_subject, why_not_by_digest
 from proxy.oci.tagschema import TagIndexInvalid, keep_tag_digest, parse_tag_index
 from proxy.upstream.client import ACCEPT_MANIFESTS, RegistryClient
@@ -27,7 +28,6 @@ from proxy.upstream.native import ZERO_DIGEST, ask_native
 from proxy.upstream.session import open_session
 
 log = logging.getLogger(__name__)
-MAX_PAGES = 10_000
 CONCURRENCY = 16  # tags resolved at once
 MAX_BODY = 64 * 1024 * 1024  # catalog and tag lists can be far larger than a manifest
 
@@ -83,20 +83,15 @@ class LegacyCleanup:
             await self._repository(name)
 
     async def _pages(self, path: str, key: str) -> AsyncIterator[str]:
-        next_path: str | None = path
-        for _ in range(MAX_PAGES):
-            if next_path is None:
-                return
-            answer = await self.client.call("GET", next_path, auth=self.auth)
-            if answer.status != 200:
-                if key == "repositories":
-                    raise CleanupRefused(f"GET {next_path}: {answer.status} {answer.body[:200]!r}")
-                log.warning("GET %s: %d", next_path, answer.status)
-                self.summary.errors += 1
-                return
-            for item in orjson.loads(answer.body).get(key) or []:
+        """A list's items; a refused catalog ends the run, a refused tag list one repository."""
+        try:
+            async for item in self.client.listed(path, key, self.auth):
                 yield item
-            next_path = answer.next_page
+        except UpstreamRefused as exc:
+            if key == "repositories":
+                raise CleanupRefused(str(exc)) from exc
+            log.warning("%s", exc)
+            self.summary.errors += 1
 
     async def _repository(self, name: str) -> None:
         tags = [tag async for tag in self._pages(f"/v2/{name}/tags/list", "tags")]
@@ -147,7 +142,7 @@ class LegacyCleanup:
             return None
         digest = answer.content_digest
         if kind is LegacyKind.TAG_INDEX:
-            content_type = answer.headers.get("Content-Type", "")
+            content_type = answer.headers.get(hdrs.CONTENT_TYPE, "")
             try:
                 parse_tag_index(tag_subject(tag), answer.body, content_type, digest)
             except TagIndexInvalid as exc:
@@ -169,7 +164,7 @@ class LegacyCleanup:
                     "HEAD",
                     f"/v2/{name}/manifests/{tag}",
                     auth=self.auth,
-                    headers={"Accept": ACCEPT_MANIFESTS},
+                    headers={hdrs.ACCEPT: ACCEPT_MANIFESTS},
                 )
             digest = answer.headers.get("Docker-Content-Digest")
             if digest:

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any, TextIO
 
 import orjson
+from aiohttp import hdrs
 
 from proxy.config import MiB, Settings
 from proxy.index import IndexStore, open_index
@@ -33,6 +34,7 @@ from proxy.oci.manifest import (
     ManifestInvalid,
     Referrer,
     inspect_manifest,
+    media_type,
 )
 from proxy.oci.names import is_digest
 from proxy.oci.tagschema import (
@@ -42,12 +44,11 @@ from proxy.oci.tagschema import (
     parse_tag_index,
 )
 from proxy.services.keep_tags import KeepTags
-from proxy.upstream.client import RegistryClient
+from proxy.upstream.client import MAX_PAGES, RegistryClient
 from proxy.upstream.native import ZERO_DIGEST, ask_native
 from proxy.upstream.session import open_session
 
 log = logging.getLogger(__name__)
-MAX_PAGES = 10_000
 BAR_WIDTH = 24
 REINDEX_MAX_BODY = 64 * MiB  # catalog and tag lists can be far larger than a manifest
 CONCURRENCY = 16  # manifests read at once
@@ -140,20 +141,15 @@ class Reindexer:
         self.progress.flush()
 
     async def _pages(self, path: str, key: str) -> AsyncIterator[str]:
-        next_path: str | None = path
-        for _ in range(MAX_PAGES):
-            if next_path is None:
-                return
-            answer = await self.client.call("GET", next_path, auth=self.auth)
-            if answer.status != 200:
-                if key == "repositories":
-                    raise ReindexFailed(f"GET {next_path}: {answer.status} {answer.body[:200]!r}")
-                log.warning("GET %s: %d", next_path, answer.status)
-                self.summary.errors += 1
-                return
-            for item in orjson.loads(answer.body).get(key) or []:
+        """A list's items; a refused catalog ends the run, a refused tag list one repository."""
+        try:
+            async for item in self.client.listed(path, key, self.auth):
                 yield item
-            next_path = answer.next_page
+        except UpstreamRefused as exc:
+            if key == "repositories":
+                raise ReindexFailed(str(exc)) from exc
+            log.warning("%s", exc)
+            self.summary.errors += 1
 
     async def _repository(self, repo: _Repository) -> None:
         tags = [tag async for tag in self._pages(f"/v2/{repo.name}/tags/list", "tags")]
@@ -197,7 +193,7 @@ class Reindexer:
         repo.seen.add(answer.content_digest)
         if self.import_native:
             await self._import_native(repo, answer.content_digest)
-        content_type = answer.headers.get("Content-Type", "")
+        content_type = answer.headers.get(hdrs.CONTENT_TYPE, "")
         algorithm = reference.partition(":")[0] if is_digest(reference) else "sha256"
         try:
             referrer = inspect_manifest(
@@ -218,7 +214,7 @@ class Reindexer:
             document = orjson.loads(answer.body)
         except orjson.JSONDecodeError:
             return None
-        if content_type.split(";")[0].strip() in _CHILD_LISTS and depth < 4:
+        if media_type(content_type) in _CHILD_LISTS and depth < 4:
             await self._each(repo, _listed(document), self._manifest, depth + 1)
         return document
 
@@ -230,7 +226,7 @@ class Reindexer:
                 return
             async with self._reads:
                 answer = await self.client.call(
-                    "GET", path, auth=self.auth, headers={"Accept": IMAGE_INDEX}
+                    "GET", path, auth=self.auth, headers={hdrs.ACCEPT: IMAGE_INDEX}
                 )
             try:
                 if answer.status != 200:
@@ -238,7 +234,7 @@ class Reindexer:
                 listed = parse_tag_index(
                     subject,
                     answer.body,
-                    answer.headers.get("Content-Type", ""),
+                    answer.headers.get(hdrs.CONTENT_TYPE, ""),
                     "",
                     self.max_annotation_bytes,
                 ).referrers

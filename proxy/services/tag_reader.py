@@ -13,6 +13,8 @@ import time
 from dataclasses import dataclass
 
 import aiohttp
+from aiohttp import hdrs
+from cachetools import LRUCache
 
 from proxy.config import FallbackMode
 from proxy.index import IndexStore
@@ -35,7 +37,7 @@ def parse_tag_answer(
         return parse_tag_index(
             subject,
             answer.body,
-            answer.headers.get("Content-Type", ""),
+            answer.headers.get(hdrs.CONTENT_TYPE, ""),
             answer.content_digest,
             max_annotation_bytes,
         )
@@ -68,8 +70,8 @@ class TagIndexReader:
         self.metrics = metrics
         self.max_annotation_bytes = max_annotation_bytes
         # When this process last knew each subject's tag to be in sync: saves the shared
-        # index a round trip on most reads. Bounded, oldest first out.
-        self._synced_at: dict[tuple[str, str], float] = {}
+        # index a round trip on most reads. Bounded, least recently used out.
+        self._synced_at: LRUCache[tuple[str, str], float] = LRUCache(_SYNCED_MEMORY)
 
     async def refresh(self, repository: str, subject: str, auth: str | None) -> None:
         """Bring the referrers that legacy clients listed upstream into the index, unless it
@@ -104,11 +106,7 @@ class TagIndexReader:
         self._synced_at.clear()
 
     def _synced(self, repository: str, subject: str, at: float) -> None:
-        key = (repository, subject)
-        self._synced_at.pop(key, None)
-        self._synced_at[key] = at
-        if len(self._synced_at) > _SYNCED_MEMORY:
-            del self._synced_at[next(iter(self._synced_at))]
+        self._synced_at[repository, subject] = at
 
     async def without_index(
         self, repository: str, subject: str, auth: str | None

@@ -3,13 +3,16 @@ never following a redirect, every body read under a cap."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import aiohttp
+import orjson
+from aiohttp import hdrs
 from multidict import CIMultiDictProxy
 from yarl import URL
 
-from proxy.oci.errors import BodyTooLarge
+from proxy.oci.errors import BodyTooLarge, UpstreamRefused
 from proxy.oci.manifest import IMAGE_INDEX, IMAGE_MANIFEST, compute_digest
 from proxy.oci.targets import upstream_url
 
@@ -65,6 +68,9 @@ def _next_page(response: aiohttp.ClientResponse) -> str | None:
     return target.raw_path_qs if target.raw_path.startswith("/v2/") else None
 
 
+MAX_PAGES = 10_000  # of one list: a registry whose next page never ends is cut here
+
+
 class RegistryClient:
     def __init__(self, session: aiohttp.ClientSession, upstream: URL, max_body: int) -> None:
         self.session = session
@@ -82,7 +88,7 @@ class RegistryClient:
     ) -> Answer:
         sent = dict(headers or {})
         if auth:
-            sent["Authorization"] = auth
+            sent[hdrs.AUTHORIZATION] = auth
         async with self.session.request(
             method,
             upstream_url(self.upstream, path),
@@ -98,12 +104,26 @@ class RegistryClient:
             )
             return Answer(response.status, response.headers, body, _next_page(response))
 
+    async def listed(self, path: str, key: str, auth: str | None) -> AsyncIterator[str]:
+        """Every item under `key` of a paged list (the catalog, a repository's tags), page
+        after page; UpstreamRefused if a page is refused."""
+        next_path: str | None = path
+        for _ in range(MAX_PAGES):
+            if next_path is None:
+                return
+            answer = await self.call("GET", next_path, auth=auth)
+            if answer.status != 200:
+                raise UpstreamRefused(f"GET {next_path}", answer.status)
+            for item in orjson.loads(answer.body).get(key) or []:
+                yield item
+            next_path = answer.next_page
+
     async def get_manifest(
         self, repository: str, reference: str, auth: str | None, etag: str | None = None
     ) -> Answer:
-        headers = {"Accept": ACCEPT_MANIFESTS}
+        headers: dict[str, str] = {hdrs.ACCEPT: ACCEPT_MANIFESTS}
         if etag:
-            headers["If-None-Match"] = f'"{etag}"'
+            headers[hdrs.IF_NONE_MATCH] = f'"{etag}"'
         return await self.call(
             "GET", f"/v2/{repository}/manifests/{reference}", auth=auth, headers=headers
         )
@@ -115,7 +135,7 @@ class RegistryClient:
             "PUT",
             f"/v2/{repository}/manifests/{reference}",
             auth=auth,
-            headers={"Content-Type": media_type},
+            headers={hdrs.CONTENT_TYPE: media_type},
             data=body,
         )
 

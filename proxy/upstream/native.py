@@ -14,7 +14,9 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 
-from proxy.oci.manifest import IMAGE_INDEX
+from aiohttp import hdrs
+
+from proxy.oci.manifest import IMAGE_INDEX, media_type
 from proxy.upstream.client import RegistryClient
 
 log = logging.getLogger(__name__)
@@ -24,7 +26,7 @@ ZERO_DIGEST = "sha256:" + "0" * 64  # a subject no registry holds: the probes' q
 def native_from_status(status: int, content_type: str | None) -> bool | None:
     """A 200 image index says yes and a 404 says no; a challenge, an error or anything else
     says nothing (clients compare the Content-Type to the letter; so does the proxy)."""
-    if status == 200 and (content_type or "").split(";", 1)[0].strip() == IMAGE_INDEX:
+    if status == 200 and media_type(content_type or "") == IMAGE_INDEX:
         return True
     if status == 404:
         return False
@@ -44,6 +46,6 @@ async def ask_native(
         "GET",
         f"/v2/{repository}/referrers/{subject}",
         auth=auth,
-        headers={"Accept": IMAGE_INDEX},
+        headers={hdrs.ACCEPT: IMAGE_INDEX},
     )
-    return native_from_status(answer.status, answer.headers.get("Content-Type"))
+    return native_from_status(answer.status, answer.headers.get(hdrs.CONTENT_TYPE))

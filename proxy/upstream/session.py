@@ -6,6 +6,7 @@ import logging
 import ssl
 
 import aiohttp
+from aiohttp import hdrs
 from yarl import URL
 
 from proxy.config import Settings
@@ -53,7 +54,7 @@ def open_session(
         ),
         auto_decompress=False,
         read_bufsize=READ_BUFSIZE,
-        skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
+        skip_auto_headers=("User-Agent", hdrs.ACCEPT, "Accept-Encoding", hdrs.CONTENT_TYPE),
         cookie_jar=aiohttp.DummyCookieJar(),
         trace_configs=trace_configs,
     )
@@ -71,7 +72,7 @@ async def probe_native_referrers(session: aiohttp.ClientSession, upstream: URL) 
     try:
         async with session.get(
             upstream_url(upstream, NATIVE_PROBE_PATH),
-            headers={"Accept": IMAGE_INDEX},
+            headers={hdrs.ACCEPT: IMAGE_INDEX},
             allow_redirects=False,
         ) as response:
             native = native_from_answer(response)
@@ -83,7 +84,7 @@ async def probe_native_referrers(session: aiohttp.ClientSession, upstream: URL) 
 
 
 def native_from_answer(response: aiohttp.ClientResponse) -> bool | None:
-    return native_from_status(response.status, response.headers.get("Content-Type"))
+    return native_from_status(response.status, response.headers.get(hdrs.CONTENT_TYPE))
 
 
 def describe_native(native: bool | None) -> str:
