@@ -276,8 +276,8 @@ _REINDEX_SHARED = frozenset(
 )
 REINDEX_OPTIONS: tuple[Option, ...] = (
     *(option for option in SERVE_OPTIONS if option.flag in _REINDEX_SHARED),
-    Option("upstream-username", str, "user for HTTP Basic auth to the upstream (reindex only)"),
-    Option("upstream-password", str, "its password; prefer the env var (reindex only)"),
+    Option("upstream-username", str, "user for HTTP Basic auth to the upstream (reindex, prune)"),
+    Option("upstream-password", str, "its password; prefer the env var (reindex, prune)"),
 )
 
 
@@ -310,19 +310,25 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="run the proxy")
     _add_options(serve, SERVE_OPTIONS)
     reindex = commands.add_parser("reindex", help="rebuild the index from the registry's content")
-    _add_options(reindex, REINDEX_OPTIONS)
-    reindex.add_argument(
-        "--repository",
-        action="append",
-        default=[],
-        metavar="NAME",
-        help="only this repository (repeatable); default: every repository in the catalog",
-    )
-    reindex.add_argument(
-        "--resume",
-        metavar="FILE",
-        type=Path,
-        help="checkpoint: finished repositories are appended to FILE, and skipped if it lists them",
+    prune = commands.add_parser("prune", help="find (and --delete) referrers of deleted subjects")
+    for walk in (reindex, prune):
+        _add_options(walk, REINDEX_OPTIONS)
+        walk.add_argument(
+            "--repository",
+            action="append",
+            default=[],
+            metavar="NAME",
+            help="only this repository (repeatable); default: every repository in the catalog",
+        )
+        walk.add_argument(
+            "--resume",
+            metavar="FILE",
+            type=Path,
+            help="checkpoint: finished repositories are appended to FILE, and skipped if it"
+            " lists them",
+        )
+    prune.add_argument(
+        "--delete", action="store_true", help="delete the orphans found (default: only list them)"
     )
     return parser
 
@@ -374,25 +380,37 @@ def _reindex_command(args: argparse.Namespace, environ: Mapping[str, str]) -> Re
     return ReindexCommand(check_pairs(Settings(**values)), args.repository, auth, args.resume)
 
 
-def _run_reindex(command: ReindexCommand) -> int:
+def _run_walk(name: str, command: ReindexCommand, delete: bool) -> int:
+    """`reindex`, or `prune` (dry run unless `delete`)."""
+    from proxy.prune import prune
     from proxy.reindex import ReindexFailed, reindex
 
     done = set()
     if command.resume is not None and command.resume.exists():
         done = set(command.resume.read_text().split())
     marks = command.resume.open("a") if command.resume is not None else None
-    try:
-        summary = asyncio.run(
-            reindex(
-                command.settings,
-                repositories=command.repositories,
-                auth=command.auth,
-                done=done,
-                marks=marks,
-            )
+    walk = (
+        reindex(
+            command.settings,
+            repositories=command.repositories,
+            auth=command.auth,
+            done=done,
+            marks=marks,
         )
+        if name == "reindex"
+        else prune(
+            command.settings,
+            repositories=command.repositories,
+            auth=command.auth,
+            delete=delete,
+            done=done,
+            marks=marks,
+        )
+    )
+    try:
+        summary = asyncio.run(walk)
     except ReindexFailed as exc:
-        sys.stderr.write(f"referrers-proxy reindex: {exc}\n")
+        sys.stderr.write(f"referrers-proxy {name}: {exc}\n")
         return 1
     finally:
         if marks is not None:
@@ -407,7 +425,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = build_parser().parse_args(sys.argv[1:] if argv is None else list(argv))
     command = args.command
     try:
-        if command == "reindex":
+        if command in ("reindex", "prune"):
             reindex = _reindex_command(args, os.environ)
             settings = reindex.settings
         else:
@@ -416,6 +434,6 @@ def main(argv: Sequence[str] | None = None) -> None:
         sys.stderr.write(f"referrers-proxy: {exc}\n")
         raise SystemExit(2) from exc
     configure_logging(settings.log_level, settings.log_format)
-    if command == "reindex":
-        raise SystemExit(_run_reindex(reindex))
+    if command in ("reindex", "prune"):
+        raise SystemExit(_run_walk(command, reindex, getattr(args, "delete", False)))
     serve(settings)
