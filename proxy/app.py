@@ -15,6 +15,7 @@ from proxy.access import PullAccess
 from proxy.cached_manifests import CachedManifests
 from proxy.config import FallbackMode, ManifestCacheMode, Settings
 from proxy.errors import Handler, OCIError, error_middleware
+from proxy.event_indexer import EventIndexer
 from proxy.forward import Forwarder
 from proxy.health import Readiness
 from proxy.index import IndexStore, IndexUnavailable, open_index
@@ -22,6 +23,8 @@ from proxy.index.measured import MeasuredIndex
 from proxy.keep_tags import KeepTags
 from proxy.manifest_cache import open_manifest_cache
 from proxy.metrics import Metrics
+from proxy.notifications import credentials_header
+from proxy.notifications_api import NotificationsApi
 from proxy.paths import MAX_TARGET, target_problem
 from proxy.referrers_api import ReferrersApi
 from proxy.registry_client import RegistryClient
@@ -41,6 +44,7 @@ METRICS = web.AppKey("metrics", Metrics)
 READINESS = web.AppKey("readiness", Readiness)
 ACCESS = web.AppKey("access", PullAccess)
 MANIFESTS = web.AppKey("manifests", CachedManifests)
+NOTIFICATIONS = web.AppKey("notifications", NotificationsApi)
 FLUSH_SECONDS = 8.0  # for tag-schema writes still behind at shutdown
 
 
@@ -63,6 +67,36 @@ def _upstream_trace(metrics: Metrics) -> aiohttp.TraceConfig:
     trace = metrics.upstream_trace()
     trace.on_request_start.append(send_request_id)
     return trace
+
+
+def _event_indexer(
+    app: web.Application,
+    settings: Settings,
+    client: RegistryClient,
+    index: IndexStore,
+    writer: TagIndexWriter | None,
+    metrics: Metrics,
+) -> EventIndexer:
+    """Registry events applied with the notifications credentials, which serve nothing else."""
+    auth = None
+    if settings.notifications_credentials_file is not None:
+        with open(settings.notifications_credentials_file) as file:
+            auth = credentials_header(file.read())
+
+    async def forget(name: str, digest: str) -> None:
+        if MANIFESTS in app:
+            await app[MANIFESTS].forget(name, digest)
+
+    return EventIndexer(
+        client,
+        index,
+        writer,
+        KeepTags(client, settings.keep_tags),
+        metrics,
+        auth=auth,
+        forget=forget,
+        max_annotation_bytes=settings.max_annotation_bytes,
+    )
 
 
 def make_app(
@@ -155,7 +189,14 @@ def make_app(
             upstream_native=await probe_native_referrers(forwarder.session, settings.upstream),
             body_timeout=settings.read_timeout,
         )
+        indexer = None
+        if settings.notifications_token is not None:
+            indexer = _event_indexer(app, settings, client, store, writer, metrics)
+            app[NOTIFICATIONS] = NotificationsApi(indexer, settings.notifications_token, metrics)
+            indexer.start()
         yield
+        if indexer is not None:
+            await indexer.close(min(settings.shutdown_grace, FLUSH_SECONDS))
         if writer is not None:
             # After the drain: the two must fit the pod's termination grace (deploy/: 45 s,
             # preStop 5 s + --shutdown-grace 30 s + this).
@@ -212,6 +253,11 @@ def make_app(
             body=request.app[METRICS].exposition(), headers={"Content-Type": CONTENT_TYPE_LATEST}
         )
 
+    async def notifications(request: web.Request) -> web.StreamResponse:
+        return await request.app[NOTIFICATIONS].post(request)
+
+    if settings.notifications_token is not None:
+        app.router.add_post("/notifications", notifications)
     # Outside /v2/, so they never shadow a registry path; no credentials asked.
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)

@@ -23,6 +23,7 @@ from proxy.config import (
     parse_hosts,
     parse_listen,
     parse_redis_url,
+    parse_token,
     parse_upstream,
 )
 
@@ -249,6 +250,17 @@ SERVE_OPTIONS: tuple[Option, ...] = (
         "manifest-cache-bytes",
         _positive_int,
         "bytes all cached manifests may take, per process or in Redis (default 64 MiB)",
+    ),
+    Option(
+        "notifications-token",
+        parse_token,
+        "serve POST /notifications (registry events) to callers with this bearer token;"
+        " prefer the env var",
+    ),
+    Option(
+        "notifications-credentials-file",
+        str,
+        "file holding user:password the proxy reads pushed manifests with, for registry events",
     ),
 )
 
