@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import aiohttp
 import orjson
@@ -13,6 +13,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from proxy.access import PullAccess
 from proxy.cached_manifests import CachedManifests
+from proxy.cascade import Cascade
 from proxy.config import FallbackMode, ManifestCacheMode, Settings
 from proxy.errors import Handler, OCIError, error_middleware
 from proxy.event_indexer import EventIndexer
@@ -69,6 +70,16 @@ def _upstream_trace(metrics: Metrics) -> aiohttp.TraceConfig:
     return trace
 
 
+def _forgetter(app: web.Application) -> Callable[[str, str], Awaitable[None]]:
+    """Drops a manifest deleted out of a client's sight from the manifest cache, if any."""
+
+    async def forget(name: str, digest: str) -> None:
+        if MANIFESTS in app:
+            await app[MANIFESTS].forget(name, digest)
+
+    return forget
+
+
 def _event_indexer(
     app: web.Application,
     settings: Settings,
@@ -83,10 +94,6 @@ def _event_indexer(
         with open(settings.notifications_credentials_file) as file:
             auth = credentials_header(file.read())
 
-    async def forget(name: str, digest: str) -> None:
-        if MANIFESTS in app:
-            await app[MANIFESTS].forget(name, digest)
-
     return EventIndexer(
         client,
         index,
@@ -94,7 +101,7 @@ def _event_indexer(
         KeepTags(client, settings.keep_tags),
         metrics,
         auth=auth,
-        forget=forget,
+        forget=_forgetter(app),
         max_annotation_bytes=settings.max_annotation_bytes,
     )
 
@@ -188,6 +195,11 @@ def make_app(
             max_annotation_bytes=settings.max_annotation_bytes,
             upstream_native=await probe_native_referrers(forwarder.session, settings.upstream),
             body_timeout=settings.read_timeout,
+            cascade=(
+                Cascade(client, store, reader, metrics, _forgetter(app))
+                if settings.cascade_delete
+                else None
+            ),
         )
         indexer = None
         if settings.notifications_token is not None:

@@ -252,6 +252,12 @@ SERVE_OPTIONS: tuple[Option, ...] = (
         "bytes all cached manifests may take, per process or in Redis (default 64 MiB)",
     ),
     Option(
+        "cascade-delete",
+        _bool,
+        "deleting a manifest by digest deletes its referrers too, recursively (default off)",
+        is_switch=True,
+    ),
+    Option(
         "notifications-token",
         parse_token,
         "serve POST /notifications (registry events) to callers with this bearer token;"

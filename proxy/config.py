@@ -79,6 +79,7 @@ class Settings:
     manifest_cache_bytes: int = 64 * MiB  # all entries together (per process, or in Redis)
     notifications_token: str | None = None  # POST /notifications served only with it
     notifications_credentials_file: str | None = None  # user:password, to read pushed manifests
+    cascade_delete: bool = False  # deleting a subject deletes its referrers (weak in the spec)
 
     @property
     def uses_redis(self) -> bool:

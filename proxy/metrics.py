@@ -117,6 +117,7 @@ class Metrics:
     notification_events: Counter
     notification_lag: Histogram
     notifications_queued: Gauge
+    cascade_deletes: Counter
 
     @classmethod
     def create(cls) -> Metrics:
@@ -241,7 +242,15 @@ class Metrics:
                 namespace=NAMESPACE,
                 registry=registry,
             ),
+            cascade_deletes=counter(
+                "cascade_deletes",
+                "Referrers deleted with their subject (--cascade-delete), by result (deleted,"
+                " failed)",
+                ("result",),
+            ),
         )
+        for result in ("deleted", "failed"):
+            metrics.cascade_deletes.labels(result)
         for answer in NOTIFICATION_ANSWERS:
             metrics.notifications.labels(answer)
         for result in NOTIFICATION_RESULTS:
@@ -335,6 +344,10 @@ class Metrics:
         """One of NOTIFICATION_RESULTS, `lag` seconds after the event arrived."""
         self.notification_events.labels(result).inc()
         self.notification_lag.observe(lag)
+
+    def cascaded(self, result: str, count: int) -> None:
+        """`deleted` or `failed`: referrers of one cascade delete."""
+        self.cascade_deletes.labels(result).inc(count)
 
     def transfer_refused(self, reason: str) -> None:
         """One of TRANSFER_REFUSALS."""
