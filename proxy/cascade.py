@@ -23,7 +23,7 @@ from proxy.access import proves_absent
 from proxy.index import IndexStore
 from proxy.manifest import IMAGE_INDEX
 from proxy.metrics import Metrics
-from proxy.orphans import hanging_from
+from proxy.orphans import emptied, hanging_from
 from proxy.registry_client import RegistryClient
 from proxy.tag_reader import TagIndexReader
 from proxy.tagschema import tag_names
@@ -42,7 +42,8 @@ class Outcome:
     deleted: list[str] = field(default_factory=list)
     failed: list[tuple[str, int]] = field(default_factory=list)  # digest, registry's status
     truncated: bool = False
-    emptied: set[str] = field(default_factory=set)  # subjects whose listed referrers all went
+    # Subjects whose tag-schema index lists nothing left, or that are deleted themselves.
+    emptied: set[str] = field(default_factory=set)
 
     def header(self) -> str:
         text = f"deleted={len(self.deleted)}, failed={len(self.failed)}"
@@ -109,9 +110,8 @@ class Cascade:
             outcome.failed.append((digest, answer.status))
             if answer.status == 401:
                 break
-        kept = {subject_of[digest] for digest, _ in outcome.failed}
-        kept |= {subject_of[d] for d in subject_of if d not in outcome.deleted}
-        outcome.emptied = (set(subject_of.values()) | {root}) - kept
+        deleted = set(outcome.deleted)
+        outcome.emptied = emptied(subject_of, root, deleted) | (deleted & set(subject_of.values()))
         self.metrics.cascaded("deleted", len(outcome.deleted))
         self.metrics.cascaded("failed", len(outcome.failed))
         if outcome.truncated:

@@ -96,6 +96,9 @@ class EventIndexer:
             except _FAILURES as exc:
                 result = "failed"
                 log.error("registry event %s not applied: %r", event, exc)
+            except Exception:  # a bug: the worker must outlive it, or the queue only fills
+                result = "failed"
+                log.exception("registry event %s not applied", event)
             finally:
                 self._queue.task_done()
                 self.metrics.notifications_queued.set(self._queue.qsize())

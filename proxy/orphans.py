@@ -40,3 +40,10 @@ def hanging_from(subject_of: Mapping[str, str], absent: Collection[str]) -> list
             depth[digest] = None if found is None else found - steps
     ranked = [(d, digest) for digest, d in depth.items() if d is not None]
     return [digest for _, digest in sorted(ranked, key=lambda item: (-item[0], item[1]))]
+
+
+def emptied(subject_of: Mapping[str, str], root: str, deleted: Collection[str]) -> set[str]:
+    """The subjects of a tree (`root` included) none of whose referrers is left: their
+    tag-schema indexes list nothing that exists any more."""
+    left = {subject for digest, subject in subject_of.items() if digest not in deleted}
+    return ({root} | set(subject_of.values())) - left

@@ -196,7 +196,7 @@ class ReferrersApi:
             return self.forwarder.reply(request, answer)
         self.cascade.report(name, reference, cascaded, answer.status)
         permitted = deleted or proves_absent(answer)
-        # A subject left without referrers has no tag-schema index to keep; nor has a deleted one.
+        # A subject deleted, or left without referrers, has no tag-schema index to keep.
         gone = cascaded.emptied | {reference} if permitted else set()
         await self.cascade.drop_tag_indexes(name, gone, auth)
         # Only a caller the registry let delete the subject learns what its tree held.

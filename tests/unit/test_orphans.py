@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from proxy.orphans import hanging_from, subjects_to_check
+from proxy.orphans import emptied, hanging_from, subjects_to_check
 
 TREE = {
     "sbom": "image",
@@ -35,3 +35,14 @@ def test_a_subtree_root_may_be_the_absent_one() -> None:
 
 def test_loops_are_not_followed() -> None:
     assert hanging_from({"a": "b", "b": "a", "c": "gone"}, {"gone"}) == ["c"]
+
+
+def test_subjects_left_without_referrers_after_a_cascade() -> None:
+    tree = {k: v for k, v in TREE.items() if k != "other-sig"}
+    everything = set(tree)
+    assert emptied(tree, "image", everything) == {"image", "sbom", "sig-of-sbom"}
+    # The signature of the SBOM was refused: the SBOM still has a referrer, the image does not
+    # (its SBOM went), the signature lost its certificate.
+    refused = everything - {"sig-of-sbom"}
+    assert emptied(tree, "image", refused) == {"image", "sig-of-sbom"}
+    assert emptied({}, "image", set()) == {"image"}
