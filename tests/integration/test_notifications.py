@@ -12,6 +12,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import aiohttp
+import bcrypt
 import orjson
 import pytest
 from aiohttp import web
@@ -26,10 +27,11 @@ from proxy.keep_tags import KeepTags
 from proxy.metrics import Metrics
 from proxy.notifications_api import NotificationsApi
 from proxy.registry_client import RegistryClient
-from tests.conftest import StartProxy
+from tests.conftest import AUTH_PASSWORD, AUTH_USER, StartProxy
 from tests.harness.processes import Notify, Registry, free_port, running_registry
 from tests.oci import (
     artifact_manifest,
+    basic_auth,
     listed_referrers,
     push_manifest,
     push_subject_image,
@@ -226,3 +228,55 @@ async def test_a_full_queue_answers_503_and_takes_nothing(
         finally:
             await server.close()
     assert b"referrers_proxy_notifications_queued 3.0" in metrics.exposition()
+
+
+async def test_pushed_manifests_are_read_with_the_credentials_file(
+    http: aiohttp.ClientSession, tmp_path_factory: pytest.TempPathFactory, tmp_path: Path
+) -> None:
+    """An htpasswd registry: the proxy reads what was pushed with the file's credentials; wrong
+    ones index nothing (counted as failed)."""
+    workdir = tmp_path_factory.mktemp("notifying-auth-registry")
+    htpasswd = workdir / "htpasswd"
+    hashed = bcrypt.hashpw(AUTH_PASSWORD.encode(), bcrypt.gensalt(rounds=4)).decode()
+    htpasswd.write_text(f"{AUTH_USER}:{hashed}\n")
+    port = free_port()
+    notify = Notify(f"http://127.0.0.1:{port}/notifications", TOKEN)
+    auth = basic_auth(AUTH_USER, AUTH_PASSWORD)
+    repo = "notified/auth"
+    with running_registry(workdir, htpasswd=htpasswd, notify=notify) as registry:
+        # Two OCI manifests pushed each round: the image (no subject) and its referrer.
+        rounds = (("wrong", {"failed": 2}), (AUTH_PASSWORD, {"ignored": 1, "indexed": 1}))
+        for password, expected in rounds:
+            credentials = tmp_path / password
+            credentials.write_text(f"{AUTH_USER}:{password}\n")
+            settings = replace(
+                Settings(upstream=parse_upstream(registry.url)),
+                notifications_token=TOKEN,
+                notifications_credentials_file=str(credentials),
+            )
+            server = TestServer(make_app(settings), host="127.0.0.1", port=port)
+            await server.start_server()
+            proxy = str(server.make_url("")).rstrip("/")
+            try:
+                async with aiohttp.ClientSession(headers=auth) as pusher:
+                    image = await push_subject_image(pusher, registry.url, repo)
+                    referrer = artifact_manifest(image, annotations={"password": password})
+                    pushed = await push_manifest(pusher, registry.url, repo, referrer)
+                    assert pushed.status == 201
+
+                async def applied(proxy: str = proxy, expected: dict[str, int] = expected) -> bool:
+                    async with http.get(f"{proxy}/metrics") as page:
+                        text = await page.text()
+                    return all(
+                        f'notification_events_total{{result="{result}"}} {count}.0' in text
+                        for result, count in expected.items()
+                    )
+
+                await within(5.0, applied)
+                async with http.get(
+                    f"{proxy}/v2/{repo}/referrers/{sha256(image)}", headers=auth
+                ) as listed:
+                    digests = [d["digest"] for d in (await listed.json())["manifests"]]
+                assert digests == ([sha256(referrer)] if "indexed" in expected else [])
+            finally:
+                await server.close()
