@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import aiohttp
 import orjson
@@ -17,6 +17,7 @@ from proxy.http.cached_manifests import CachedManifests
 from proxy.http.errors import error_middleware
 from proxy.http.forward import Forwarder
 from proxy.http.health import Readiness
+from proxy.http.notifications_api import NotificationsApi
 from proxy.http.referrers_api import ReferrersApi
 from proxy.http.request_id import echo_request_id, request_id_middleware, send_request_id
 from proxy.http.routing import TARGET, repository_target, target_middleware
@@ -25,7 +26,10 @@ from proxy.http.transfers import ClientTransfers
 from proxy.index import IndexStore, IndexUnavailable, open_index
 from proxy.index.measured import MeasuredIndex
 from proxy.metrics import Metrics
+from proxy.oci.notifications import credentials_header
 from proxy.oci.targets import MAX_TARGET
+from proxy.services.cascade import Cascade
+from proxy.services.event_indexer import EventIndexer
 from proxy.services.keep_tags import KeepTags
 from proxy.services.manifest_cache import open_manifest_cache
 from proxy.services.pull_access import PullAccess
@@ -43,6 +47,7 @@ METRICS = web.AppKey("metrics", Metrics)
 READINESS = web.AppKey("readiness", Readiness)
 ACCESS = web.AppKey("access", PullAccess)
 MANIFESTS = web.AppKey("manifests", CachedManifests)
+NOTIFICATIONS = web.AppKey("notifications", NotificationsApi)
 FLUSH_SECONDS = 8.0  # for tag-schema writes still behind at shutdown
 
 
@@ -51,6 +56,42 @@ def _upstream_trace(metrics: Metrics) -> aiohttp.TraceConfig:
     trace = metrics.upstream_trace()
     trace.on_request_start.append(send_request_id)
     return trace
+
+
+def _forgetter(app: web.Application) -> Callable[[str, str], Awaitable[None]]:
+    """Drops a manifest deleted out of a client's sight from the manifest cache, if any."""
+
+    async def forget(name: str, digest: str) -> None:
+        if MANIFESTS in app:
+            await app[MANIFESTS].forget(name, digest)
+
+    return forget
+
+
+def _event_indexer(
+    app: web.Application,
+    settings: Settings,
+    client: RegistryClient,
+    index: IndexStore,
+    writer: TagIndexWriter | None,
+    metrics: Metrics,
+) -> EventIndexer:
+    """Registry events applied with the notifications credentials, which serve nothing else."""
+    auth = None
+    if settings.notifications_credentials_file is not None:
+        with open(settings.notifications_credentials_file) as file:
+            auth = credentials_header(file.read())
+
+    return EventIndexer(
+        client,
+        index,
+        writer,
+        KeepTags(client, settings.keep_tags),
+        metrics,
+        auth=auth,
+        forget=_forgetter(app),
+        max_annotation_bytes=settings.max_annotation_bytes,
+    )
 
 
 def make_app(
@@ -147,8 +188,20 @@ def make_app(
             max_annotation_bytes=settings.max_annotation_bytes,
             upstream_native=await probe_native_referrers(forwarder.session, settings.upstream),
             body_timeout=settings.read_timeout,
+            cascade=(
+                Cascade(client, store, reader, metrics, _forgetter(app))
+                if settings.cascade_delete
+                else None
+            ),
         )
+        indexer = None
+        if settings.notifications_token is not None:
+            indexer = _event_indexer(app, settings, client, store, writer, metrics)
+            app[NOTIFICATIONS] = NotificationsApi(indexer, settings.notifications_token, metrics)
+            indexer.start()
         yield
+        if indexer is not None:
+            await indexer.close(min(settings.shutdown_grace, FLUSH_SECONDS))
         if writer is not None:
             # After the drain: the two must fit the pod's termination grace (deploy/: 45 s,
             # preStop 5 s + --shutdown-grace 30 s + this).
@@ -224,6 +277,11 @@ def make_app(
             body=request.app[METRICS].exposition(), headers={hdrs.CONTENT_TYPE: CONTENT_TYPE_LATEST}
         )
 
+    async def notifications(request: web.Request) -> web.StreamResponse:
+        return await request.app[NOTIFICATIONS].post(request)
+
+    if settings.notifications_token is not None:
+        app.router.add_post("/notifications", notifications)
     # Outside /v2/, so they never shadow a registry path; no credentials asked.
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)

@@ -23,6 +23,7 @@ from proxy.config import (
     parse_hosts,
     parse_listen,
     parse_redis_url,
+    parse_token,
     parse_upstream,
 )
 from proxy.oci.legacy_tags import LegacyKind
@@ -251,6 +252,23 @@ SERVE_OPTIONS: tuple[Option, ...] = (
         _positive_int,
         "bytes all cached manifests may take, per process or in Redis (default 64 MiB)",
     ),
+    Option(
+        "cascade-delete",
+        _bool,
+        "deleting a manifest by digest deletes its referrers too, recursively (default off)",
+        is_switch=True,
+    ),
+    Option(
+        "notifications-token",
+        parse_token,
+        "serve POST /notifications (registry events) to callers with this bearer token;"
+        " prefer the env var",
+    ),
+    Option(
+        "notifications-credentials-file",
+        str,
+        "file holding user:password the proxy reads pushed manifests with, for registry events",
+    ),
 )
 
 
@@ -340,19 +358,25 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="run the proxy")
     _add_options(serve, SERVE_OPTIONS)
     reindex = commands.add_parser("reindex", help="rebuild the index from the registry's content")
-    _add_options(reindex, REINDEX_OPTIONS)
-    reindex.add_argument(
-        "--repository",
-        action="append",
-        default=[],
-        metavar="NAME",
-        help="only this repository (repeatable); default: every repository in the catalog",
-    )
-    reindex.add_argument(
-        "--resume",
-        metavar="FILE",
-        type=Path,
-        help="checkpoint: finished repositories are appended to FILE, and skipped if it lists them",
+    prune = commands.add_parser("prune", help="find (and --delete) referrers of deleted subjects")
+    for walk in (reindex, prune):
+        _add_options(walk, REINDEX_OPTIONS)
+        walk.add_argument(
+            "--repository",
+            action="append",
+            default=[],
+            metavar="NAME",
+            help="only this repository (repeatable); default: every repository in the catalog",
+        )
+        walk.add_argument(
+            "--resume",
+            metavar="FILE",
+            type=Path,
+            help="checkpoint: finished repositories are appended to FILE, and skipped if it"
+            " lists them",
+        )
+    prune.add_argument(
+        "--delete", action="store_true", help="delete the orphans found (default: only list them)"
     )
     reindex.add_argument(
         "--import-native",
@@ -433,7 +457,11 @@ def _reindex_command(args: argparse.Namespace, environ: Mapping[str, str]) -> Re
     values = _option_values(args, environ, REINDEX_OPTIONS)
     auth = _basic_auth(values)
     return ReindexCommand(
-        check_pairs(Settings(**values)), args.repository, auth, args.resume, args.import_native
+        check_pairs(Settings(**values)),
+        args.repository,
+        auth,
+        args.resume,
+        getattr(args, "import_native", False),
     )
 
 
@@ -469,26 +497,38 @@ def _run_legacy(command: LegacyCommand) -> int:
     return 1 if summary.errors else 0
 
 
-def _run_reindex(command: ReindexCommand) -> int:
+def _run_walk(name: str, command: ReindexCommand, delete: bool) -> int:
+    """`reindex`, or `prune` (dry run unless `delete`)."""
+    from proxy.services.prune import prune
     from proxy.services.reindex import ReindexFailed, reindex
 
     done = set()
     if command.resume is not None and command.resume.exists():
         done = set(command.resume.read_text().split())
     marks = command.resume.open("a") if command.resume is not None else None
-    try:
-        summary = asyncio.run(
-            reindex(
-                command.settings,
-                repositories=command.repositories,
-                auth=command.auth,
-                done=done,
-                marks=marks,
-                import_native=command.import_native,
-            )
+    walk = (
+        reindex(
+            command.settings,
+            repositories=command.repositories,
+            auth=command.auth,
+            done=done,
+            marks=marks,
+            import_native=command.import_native,
         )
+        if name == "reindex"
+        else prune(
+            command.settings,
+            repositories=command.repositories,
+            auth=command.auth,
+            delete=delete,
+            done=done,
+            marks=marks,
+        )
+    )
+    try:
+        summary = asyncio.run(walk)
     except ReindexFailed as exc:
-        sys.stderr.write(f"referrers-proxy reindex: {exc}\n")
+        sys.stderr.write(f"referrers-proxy {name}: {exc}\n")
         return 1
     finally:
         if marks is not None:
@@ -503,7 +543,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = build_parser().parse_args(sys.argv[1:] if argv is None else list(argv))
     command = args.command
     try:
-        if command == "reindex":
+        if command in ("reindex", "prune"):
             reindex = _reindex_command(args, os.environ)
             settings = reindex.settings
         elif command == "legacy-artifacts":
@@ -515,8 +555,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         sys.stderr.write(f"referrers-proxy: {exc}\n")
         raise SystemExit(2) from exc
     configure_logging(settings.log_level, settings.log_format)
-    if command == "reindex":
-        raise SystemExit(_run_reindex(reindex))
+    if command in ("reindex", "prune"):
+        raise SystemExit(_run_walk(command, reindex, getattr(args, "delete", False)))
     if command == "legacy-artifacts":
         raise SystemExit(_run_legacy(legacy))
     serve(settings)

@@ -77,6 +77,9 @@ class Settings:
     manifest_cache: ManifestCacheMode = ManifestCacheMode.MEMORY
     manifest_cache_seconds: float = 60.0  # the staleness bound for deletes that bypass the proxy
     manifest_cache_bytes: int = 64 * MiB  # all entries together (per process, or in Redis)
+    notifications_token: str | None = None  # POST /notifications served only with it
+    notifications_credentials_file: str | None = None  # user:password, to read pushed manifests
+    cascade_delete: bool = False  # deleting a subject deletes its referrers (weak in the spec)
 
     @property
     def uses_redis(self) -> bool:
@@ -103,7 +106,17 @@ def check_pairs(settings: Settings) -> Settings:
     check_redis(settings)
     if settings.manifest_cache is ManifestCacheMode.REDIS and not settings.redis_url:
         raise SettingsError("--manifest-cache redis needs --redis-url")
+    if settings.notifications_credentials_file and settings.notifications_token is None:
+        raise SettingsError("--notifications-credentials-file needs --notifications-token")
     return settings
+
+
+def parse_token(value: str) -> str:
+    """A shared secret: long enough not to be guessed, and fit for a header."""
+    token = value.strip()
+    if len(token) < 16 or not token.isascii() or not token.isprintable() or " " in token:
+        raise SettingsError("must be at least 16 printable ASCII characters without spaces")
+    return token
 
 
 def check_redis(settings: Settings) -> None:

@@ -39,6 +39,9 @@ TAG_WRITE_RESULTS = ("written", "unchanged", "retried", "refused", "abandoned")
 # The manifest cache: answered from it, not there, caller's permission not yet proven (the cache
 # is not consulted), storage unavailable.
 MANIFEST_CACHE_RESULTS = ("hit", "miss", "unproven", "unavailable")
+# Registry notifications: envelopes answered, events applied.
+NOTIFICATION_ANSWERS = ("accepted", "unauthorized", "invalid", "full")
+NOTIFICATION_RESULTS = ("indexed", "forgotten", "ignored", "failed")
 # Blob transfers take minutes; metadata calls milliseconds.
 SECONDS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
 
@@ -72,6 +75,11 @@ class Metrics:
     tag_writes_pending: Gauge
     tag_writes_failing: Gauge
     tag_index_left_out: Counter
+    notifications: Counter
+    notification_events: Counter
+    notification_lag: Histogram
+    notifications_queued: Gauge
+    cascade_deletes: Counter
 
     @classmethod
     def create(cls) -> Metrics:
@@ -174,7 +182,41 @@ class Metrics:
                 " --tag-index-max-bytes (listed by the proxy all the same)",
                 (),
             ),
+            notifications=counter(
+                "notifications",
+                "Registry notification envelopes, by answer (accepted, unauthorized, invalid,"
+                " full)",
+                ("answer",),
+            ),
+            notification_events=counter(
+                "notification_events",
+                "Registry events applied, by result (indexed, forgotten, ignored, failed)",
+                ("result",),
+            ),
+            notification_lag=histogram(
+                "notification_lag_seconds",
+                "Time from a registry event's arrival to its application",
+                (),
+            ),
+            notifications_queued=Gauge(
+                "notifications_queued",
+                "Registry events waiting to be applied",
+                namespace=NAMESPACE,
+                registry=registry,
+            ),
+            cascade_deletes=counter(
+                "cascade_deletes",
+                "Referrers deleted with their subject (--cascade-delete), by result (deleted,"
+                " failed)",
+                ("result",),
+            ),
         )
+        for result in ("deleted", "failed"):
+            metrics.cascade_deletes.labels(result)
+        for answer in NOTIFICATION_ANSWERS:
+            metrics.notifications.labels(answer)
+        for result in NOTIFICATION_RESULTS:
+            metrics.notification_events.labels(result)
         for result in TAG_WRITE_RESULTS:
             metrics.tag_writes.labels(result)
         for reason in TRANSFER_REFUSALS:
@@ -255,6 +297,19 @@ class Metrics:
     def tag_write(self, result: str) -> None:
         """One of TAG_WRITE_RESULTS."""
         self.tag_writes.labels(result).inc()
+
+    def notification(self, answer: str) -> None:
+        """One of NOTIFICATION_ANSWERS."""
+        self.notifications.labels(answer).inc()
+
+    def notification_applied(self, result: str, lag: float) -> None:
+        """One of NOTIFICATION_RESULTS, `lag` seconds after the event arrived."""
+        self.notification_events.labels(result).inc()
+        self.notification_lag.observe(lag)
+
+    def cascaded(self, result: str, count: int) -> None:
+        """`deleted` or `failed`: referrers of one cascade delete."""
+        self.cascade_deletes.labels(result).inc(count)
 
     def transfer_refused(self, reason: str) -> None:
         """One of TRANSFER_REFUSALS."""

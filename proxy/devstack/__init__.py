@@ -96,12 +96,31 @@ class TokenAuth:
     cert: Path
 
 
+@dataclass(frozen=True)
+class Notify:
+    """Distribution's `notifications` endpoint: where it sends push and delete events."""
+
+    url: str
+    token: str
+    backoff: str = "200ms"  # retried this long after a failed delivery (default 1s)
+
+
+def notifications_config(notify: Notify) -> str:
+    return (
+        "notifications:\n  endpoints:\n"
+        f"    - name: referrers-proxy\n      url: {notify.url}\n"
+        f"      headers:\n        Authorization: [Bearer {notify.token}]\n"
+        f"      timeout: 2s\n      threshold: 5\n      backoff: {notify.backoff}\n"
+    )
+
+
 def registry_config(
     port: int,
     data_dir: Path,
     htpasswd: Path | None = None,
     tls: TLSFiles | None = None,
     token: TokenAuth | None = None,
+    notify: Notify | None = None,
 ) -> str:
     auth = f"auth:\n  htpasswd:\n    realm: test-realm\n    path: {htpasswd}\n" if htpasswd else ""
     if token:
@@ -117,7 +136,10 @@ def registry_config(
         f"  filesystem:\n    rootdirectory: {data_dir}\n"
         "  delete:\n    enabled: true\n"
         "  maintenance:\n    uploadpurging:\n      enabled: false\n"
-        f"http:\n  addr: 127.0.0.1:{port}\n  secret: test-secret\n" + tls_block + auth
+        f"http:\n  addr: 127.0.0.1:{port}\n  secret: test-secret\n"
+        + tls_block
+        + auth
+        + (notifications_config(notify) if notify else "")
     )
 
 
@@ -129,6 +151,7 @@ def running_registry(
     htpasswd: Path | None = None,
     tls: TLSFiles | None = None,
     token: TokenAuth | None = None,
+    notify: Notify | None = None,
 ) -> Iterator[Registry]:
     """A Docker Distribution 2.8 registry (Debian's docker-registry) in `workdir`."""
     if not shutil.which(REGISTRY_BIN):
@@ -137,7 +160,7 @@ def running_registry(
     data_dir = workdir / "data"
     data_dir.mkdir(parents=True, exist_ok=True)
     config = workdir / "config.yml"
-    config.write_text(registry_config(port, data_dir, htpasswd, tls, token))
+    config.write_text(registry_config(port, data_dir, htpasswd, tls, token, notify))
     registry_log = (workdir / "registry.log").open("ab")
     process = subprocess.Popen(
         [REGISTRY_BIN, "serve", str(config)], stdout=registry_log, stderr=subprocess.STDOUT

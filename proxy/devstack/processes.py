@@ -14,6 +14,7 @@ from pathlib import Path
 
 from proxy.devstack import (
     REGISTRY_BIN,
+    Notify,
     Registry,
     TLSFiles,
     TokenAuth,
@@ -26,6 +27,7 @@ from proxy.devstack import (
 
 __all__ = [
     "REGISTRY_BIN",
+    "Notify",
     "ProxyProcess",
     "Redis",
     "Registry",

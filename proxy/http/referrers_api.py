@@ -32,6 +32,7 @@ from proxy.oci.referrers import (
     next_link,
     render_index,
 )
+from proxy.services.cascade import CASCADE_HEADER, Cascade
 from proxy.services.keep_tags import KeepTags
 from proxy.services.pull_access import PullAccess, PullRefused, proves_absent
 from proxy.services.tag_reader import TagIndexReader
@@ -88,6 +89,7 @@ class ReferrersApi:
         max_annotation_bytes: int = MAX_ANNOTATION_BYTES,
         upstream_native: bool | None = False,
         body_timeout: float = 60.0,
+        cascade: Cascade | None = None,
     ) -> None:
         self.forwarder = forwarder
         self.client = client
@@ -102,6 +104,7 @@ class ReferrersApi:
         self.max_annotation_bytes = max_annotation_bytes
         self.upstream_native = upstream_native
         self.body_timeout = body_timeout
+        self.cascade = cascade  # --cascade-delete
 
     async def put_manifest(self, request: web.Request) -> web.StreamResponse:
         name, reference = repository_target(request)
@@ -169,6 +172,9 @@ class ReferrersApi:
             return await self.forwarder.handle(request)
         auth = request.headers.get(hdrs.AUTHORIZATION)
         subject = await self._subject_of(name, reference, auth)
+        cascaded = None
+        if self.cascade is not None:
+            cascaded = await self.cascade.delete_referrers(name, reference, auth)
         answer = await self.forwarder.exchange(request, self.max_manifest_bytes)
         # A MANIFEST_UNKNOWN 404: already gone upstream (perhaps an earlier attempt whose index
         # update failed). Any other 404 (a router's, an ingress's) proves nothing.
@@ -204,7 +210,16 @@ class ReferrersApi:
                 # The registry deleted it: that is the answer. A retry would find it gone and
                 # change nothing; the tag-schema index drops it at its next write.
                 log.error("%s %s: deleted, tag-schema index not updated: %r", name, subject, exc)
-        return self.forwarder.reply(request, answer)
+        if self.cascade is None or cascaded is None:
+            return self.forwarder.reply(request, answer)
+        self.cascade.report(name, reference, cascaded, answer.status)
+        permitted = deleted or proves_absent(answer)
+        # A subject deleted, or left without referrers, has no tag-schema index to keep.
+        gone = cascaded.emptied | {reference} if permitted else set()
+        await self.cascade.drop_tag_indexes(name, gone, auth)
+        # Only a caller the registry let delete the subject learns what its tree held.
+        extra = {CASCADE_HEADER: cascaded.header()} if permitted else None
+        return self.forwarder.reply(request, answer, extra)
 
     def _settle(self, native: bool | None) -> None:
         if native is not None and native != self.upstream_native:

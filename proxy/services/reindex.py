@@ -203,13 +203,8 @@ class Reindexer:
             log.warning("%s@%s: %s", repo.name, reference, exc)
             self.summary.errors += 1
             referrer = None
-        if referrer is not None and not await self._deleted(repo, referrer):
-            if self.index is not None:
-                # Listing semantics: a referrer deleted since it was read stays deleted.
-                await self.index.add_listed(repo.name, referrer.subject, [referrer])
-            self.summary.referrers += 1
-            if self.keep_tags.enabled and referrer.digest not in repo.kept:
-                await self._keep(repo, referrer, answer.body, content_type)
+        if referrer is not None:
+            await self._found(repo, referrer, answer.body, content_type)
         try:
             document = orjson.loads(answer.body)
         except orjson.JSONDecodeError:
@@ -247,6 +242,19 @@ class Reindexer:
                 await self.index.add_listed(repo.name, subject, kept)
             self.summary.referrers += len(kept)
             path = answer.next_page
+
+    async def _found(
+        self, repo: _Repository, referrer: Referrer, body: bytes, content_type: str
+    ) -> None:
+        """Record a referrer the walk read (a subclass may do something else with it)."""
+        if await self._deleted(repo, referrer):
+            return
+        if self.index is not None:
+            # Listing semantics: a referrer deleted since it was read stays deleted.
+            await self.index.add_listed(repo.name, referrer.subject, [referrer])
+        self.summary.referrers += 1
+        if self.keep_tags.enabled and referrer.digest not in repo.kept:
+            await self._keep(repo, referrer, body, content_type)
 
     async def _deleted(self, repo: _Repository, referrer: Referrer) -> bool:
         """Deleted through the proxy since the walk read it (the index tombstoned it)."""

@@ -73,19 +73,23 @@ class TagIndexReader:
         # index a round trip on most reads. Bounded, least recently used out.
         self._synced_at: LRUCache[tuple[str, str], float] = LRUCache(_SYNCED_MEMORY)
 
-    async def refresh(self, repository: str, subject: str, auth: str | None) -> None:
+    async def refresh(
+        self, repository: str, subject: str, auth: str | None, *, fresh: bool = False
+    ) -> None:
         """Bring the referrers that legacy clients listed upstream into the index, unless it
-        looked less than `refresh_seconds` ago. An upstream that cannot be read is logged and
-        skipped: the index still answers. Referrers deleted through the proxy since are
-        tombstoned in the index, so a listing read before the delete brings none back."""
+        looked less than `refresh_seconds` ago (`fresh`: look anyway). An upstream that cannot
+        be read is logged and skipped: the index still answers. Referrers deleted through the
+        proxy since are tombstoned in the index, so a listing read before the delete brings
+        none back."""
         if self.mode is FallbackMode.OFF:
             return
         now = time.time()
-        if now - self._synced_at.get((repository, subject), -math.inf) < self.refresh_seconds:
+        recent = now - self._synced_at.get((repository, subject), -math.inf)
+        if not fresh and recent < self.refresh_seconds:
             self.metrics.cache_lookup("tag_schema", True)
             return
         known = await self.index.tag_sync(repository, subject)
-        if known is not None and now - known.at < self.refresh_seconds:
+        if not fresh and known is not None and now - known.at < self.refresh_seconds:
             self.metrics.cache_lookup("tag_schema", True)
             self._synced(repository, subject, known.at)
             return

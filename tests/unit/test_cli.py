@@ -163,3 +163,16 @@ def test_reindex_imports_native_answers_only_when_asked() -> None:
     env = {"REFERRERS_PROXY_UPSTREAM": "http://r:5000"}
     assert not reindex_from_args(["reindex"], env).import_native
     assert reindex_from_args(["reindex", "--import-native"], env).import_native
+
+
+def test_notifications_token_from_env_and_what_needs_it() -> None:
+    base = ["serve", "--upstream", "http://r"]
+    assert settings_from_args(base, {}).notifications_token is None
+    env = {"REFERRERS_PROXY_NOTIFICATIONS_TOKEN": "0123456789abcdef0123"}
+    assert settings_from_args(base, env).notifications_token == "0123456789abcdef0123"
+    with pytest.raises(SettingsError, match="REFERRERS_PROXY_NOTIFICATIONS_TOKEN: must be"):
+        settings_from_args(base, {"REFERRERS_PROXY_NOTIFICATIONS_TOKEN": "short"})
+    credentials = [*base, "--notifications-credentials-file", "/run/secrets/puller"]
+    assert settings_from_args(credentials, env).notifications_credentials_file
+    with pytest.raises(SettingsError, match="needs --notifications-token"):
+        settings_from_args(credentials, {})
