@@ -17,6 +17,7 @@ from proxy.http.cached_manifests import CachedManifests
 from proxy.http.errors import error_middleware
 from proxy.http.forward import Forwarder
 from proxy.http.health import Readiness
+from proxy.http.manifest_writes import ManifestWrites
 from proxy.http.notifications_api import NotificationsApi
 from proxy.http.referrers_api import ReferrersApi
 from proxy.http.request_id import echo_request_id, request_id_middleware, send_request_id
@@ -36,12 +37,14 @@ from proxy.services.pull_access import PullAccess
 from proxy.services.tag_reader import TagIndexReader
 from proxy.services.tag_writer import TagIndexWriter
 from proxy.upstream.client import RegistryClient
+from proxy.upstream.native import NativeSupport
 from proxy.upstream.session import open_session, probe_native_referrers
 
 log = logging.getLogger(__name__)
 
 FORWARDER = web.AppKey("forwarder", Forwarder)
 REFERRERS = web.AppKey("referrers", ReferrersApi)
+WRITES = web.AppKey("manifest_writes", ManifestWrites)
 TAGS = web.AppKey("tags", TagListApi)
 METRICS = web.AppKey("metrics", Metrics)
 READINESS = web.AppKey("readiness", Readiness)
@@ -174,19 +177,30 @@ def make_app(
         app[ACCESS] = PullAccess(client, settings.auth_cache_seconds, metrics)
         app[TAGS] = TagListApi(client, forwarder)
         app[READINESS] = Readiness(forwarder.session, forwarder.upstream, store, writer)
+        native = NativeSupport(
+            client, await probe_native_referrers(forwarder.session, settings.upstream)
+        )
         app[REFERRERS] = ReferrersApi(
             forwarder,
-            client,
             store,
             reader,
-            writer,
             app[ACCESS],
-            KeepTags(client, settings.keep_tags),
+            native,
             metrics,
             max_manifest_bytes=settings.max_manifest_bytes,
             page_size=settings.referrers_page_size,
             max_annotation_bytes=settings.max_annotation_bytes,
-            upstream_native=await probe_native_referrers(forwarder.session, settings.upstream),
+        )
+        app[WRITES] = ManifestWrites(
+            forwarder,
+            client,
+            store,
+            writer,
+            KeepTags(client, settings.keep_tags),
+            native,
+            metrics,
+            max_manifest_bytes=settings.max_manifest_bytes,
+            max_annotation_bytes=settings.max_annotation_bytes,
             body_timeout=settings.read_timeout,
             cascade=(
                 Cascade(client, store, reader, metrics, _forgetter(app))
@@ -224,7 +238,7 @@ def make_app(
         return await request.app[FORWARDER].handle(request)
 
     async def put_manifest(request: web.Request) -> web.StreamResponse:
-        return await request.app[REFERRERS].put_manifest(request)
+        return await request.app[WRITES].put_manifest(request)
 
     async def get_manifest(request: web.Request) -> web.StreamResponse:
         if MANIFESTS not in request.app:
@@ -233,7 +247,7 @@ def make_app(
 
     async def delete_manifest(request: web.Request) -> web.StreamResponse:
         try:
-            return await request.app[REFERRERS].delete_manifest(request)
+            return await request.app[WRITES].delete_manifest(request)
         finally:
             if MANIFESTS in request.app:
                 await request.app[MANIFESTS].forget(*repository_target(request))

@@ -14,8 +14,10 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 
+import aiohttp
 from aiohttp import hdrs
 
+from proxy.oci.errors import BodyTooLarge
 from proxy.oci.manifest import IMAGE_INDEX, media_type
 from proxy.upstream.client import RegistryClient
 
@@ -49,3 +51,38 @@ async def ask_native(
         headers={hdrs.ACCEPT: IMAGE_INDEX},
     )
     return native_from_status(answer.status, answer.headers.get(hdrs.CONTENT_TYPE))
+
+
+def describe_native(native: bool | None) -> str:
+    if native is None:
+        return "unknown until an authorized referrers request or write"
+    if native:
+        return "native, its answers are merged and the proxy writes nothing there"
+    return "absent, the proxy's index answers"
+
+
+class NativeSupport:
+    """What is known of the upstream's Referrers API, shared by the writes and the reads of one
+    app: None until an answer proves it either way, then settled (again, if the registry is
+    upgraded under a running proxy)."""
+
+    def __init__(self, client: RegistryClient, known: bool | None) -> None:
+        self.client = client
+        self.known = known
+
+    def settle(self, native: bool | None) -> None:
+        if native is not None and native != self.known:
+            self.known = native
+            log.info("upstream Referrers API: %s", describe_native(native))
+
+    async def for_write(self, repository: str, subject: str, auth: str | None) -> bool:
+        """Whether to leave the upstream's referrers to it (writing nothing of the proxy's
+        there); while unknown, asked with the writer's credentials. Unproven is legacy."""
+        if self.known is None:
+            try:
+                self.settle(await ask_native(self.client, repository, subject, auth))
+            except (aiohttp.ClientError, TimeoutError, BodyTooLarge) as exc:
+                log.warning(
+                    "%s %s: upstream Referrers API not settled: %r", repository, subject, exc
+                )
+        return self.known is True

@@ -12,7 +12,7 @@ from yarl import URL
 from proxy.config import Settings
 from proxy.oci.manifest import IMAGE_INDEX
 from proxy.oci.targets import upstream_url
-from proxy.upstream.native import native_from_status
+from proxy.upstream.native import describe_native, native_from_status
 
 log = logging.getLogger(__name__)
 
@@ -85,11 +85,3 @@ async def probe_native_referrers(session: aiohttp.ClientSession, upstream: URL) 
 
 def native_from_answer(response: aiohttp.ClientResponse) -> bool | None:
     return native_from_status(response.status, response.headers.get(hdrs.CONTENT_TYPE))
-
-
-def describe_native(native: bool | None) -> str:
-    if native is None:
-        return "unknown until an authorized referrers request or write"
-    if native:
-        return "native, its answers are merged and the proxy writes nothing there"
-    return "absent, the proxy's index answers"
