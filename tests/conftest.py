@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import AbstractContextManager
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -14,7 +16,7 @@ from aiohttp.test_utils import TestServer
 
 from proxy.app import make_app
 from proxy.config import Settings, parse_upstream
-from proxy.devstack.processes import Redis, Registry, running_redis, running_registry
+from proxy.devstack.processes import Redis, Registry, free_port, running_redis, running_registry
 from proxy.devstack.redis_ha import Cluster, running_cluster
 
 AUTH_USER = "alice"
@@ -44,6 +46,17 @@ def auth_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Redis]:
     with running_redis(tmp_path_factory.mktemp("redis")) as started:
         yield started
+
+
+RestartableRedis = Callable[[str], AbstractContextManager[Redis]]
+
+
+@pytest.fixture
+def restartable_redis(tmp_path: Path) -> RestartableRedis:
+    """Starts a Redis on one port each time it is called (with a fresh data dir per name): a
+    test stops it by leaving the block and "restarts" it, empty, at the same URL."""
+    port = free_port()
+    return lambda name: running_redis(tmp_path / name, port=port)
 
 
 @pytest.fixture(scope="session")

@@ -23,7 +23,13 @@ from proxy.oci.manifest import Referrer
 from proxy.oci.orphans import hanging_from, subjects_to_check
 from proxy.oci.tagschema import is_tag_schema_name, tag_name
 from proxy.services.pull_access import proves_absent
-from proxy.services.reindex import REINDEX_MAX_BODY, Reindexer, Summary, _Repository
+from proxy.services.reindex import (
+    REINDEX_MAX_BODY,
+    Reindexer,
+    Summary,
+    _Repository,
+    checkpointed,
+)
 from proxy.upstream.client import RegistryClient
 from proxy.upstream.session import open_session
 
@@ -147,10 +153,7 @@ async def prune(
         client = RegistryClient(session, settings.upstream, max_body=REINDEX_MAX_BODY)
         walker = Pruner(client, index, auth=auth, delete=delete, out=out)
         try:
-            async for name in walker.run(repositories, done):
-                if marks is not None:
-                    marks.write(name + "\n")
-                    marks.flush()
+            await checkpointed(walker.run(repositories, done), marks)
         finally:
             if index is not None:
                 await index.close()

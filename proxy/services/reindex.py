@@ -296,6 +296,14 @@ def _listed(document: Any) -> list[str]:
     ]
 
 
+async def checkpointed(finished: AsyncIterator[str], marks: TextIO | None) -> None:
+    """Run a walk, appending each repository it finishes to `marks` (what `--resume` reads)."""
+    async for name in finished:
+        if marks is not None:
+            marks.write(name + "\n")
+            marks.flush()
+
+
 async def reindex(
     settings: Settings,
     *,
@@ -325,10 +333,7 @@ async def reindex(
             import_native=import_native,
         )
         try:
-            async for name in walker.run(repositories, done):
-                if marks is not None:
-                    marks.write(name + "\n")
-                    marks.flush()
+            await checkpointed(walker.run(repositories, done), marks)
         finally:
             if index is not None:
                 await index.close()

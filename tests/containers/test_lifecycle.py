@@ -22,10 +22,11 @@ from tests.containers.conftest import Stack, answers, wait_for
 GRACE = 10  # seconds: REFERRERS_PROXY_SHUTDOWN_GRACE, and what `docker stop` waits before SIGKILL
 
 
-async def slowly(chunks: list[bytes]) -> AsyncIterator[bytes]:
+async def slowly(chunks: list[bytes], started: asyncio.Event) -> AsyncIterator[bytes]:
     for chunk in chunks:
         yield chunk
-        await asyncio.sleep(0.3)
+        started.set()
+        await asyncio.sleep(0.3)  # the client's pace, not a wait
 
 
 async def test_docker_stop_drains_in_flight_requests_and_exits_zero(
@@ -42,13 +43,15 @@ async def test_docker_stop_drains_in_flight_requests_and_exits_zero(
         location = url + location
     separator = "&" if "?" in location else "?"
 
+    started = asyncio.Event()
+
     async def upload() -> int:
         target = f"{location}{separator}digest={sha256(blob)}"
-        async with http.put(target, data=slowly(chunks)) as response:
+        async with http.put(target, data=slowly(chunks, started)) as response:
             return response.status
 
     in_flight = asyncio.create_task(upload())
-    await asyncio.sleep(0.5)
+    await started.wait()
     wrapped = proxy.get_wrapped_container()
     began = time.monotonic()
     await asyncio.to_thread(wrapped.stop, timeout=GRACE + 5)
