@@ -250,6 +250,12 @@ SERVE_OPTIONS: tuple[Option, ...] = (
         _positive_int,
         "bytes all cached manifests may take, per process or in Redis (default 64 MiB)",
     ),
+    Option(
+        "workers",
+        _positive_int,
+        "processes serving the listening port together (SO_REUSEPORT), each with its own"
+        " upstream pools and caches; above 1 needs a Redis index (default 1)",
+    ),
 )
 
 
@@ -418,4 +424,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     configure_logging(settings.log_level, settings.log_format)
     if command == "reindex":
         raise SystemExit(_run_reindex(reindex))
+    if settings.workers > 1:
+        from proxy.workers import supervise
+
+        raise SystemExit(supervise(settings))
     serve(settings)

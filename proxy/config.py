@@ -77,6 +77,7 @@ class Settings:
     manifest_cache: ManifestCacheMode = ManifestCacheMode.MEMORY
     manifest_cache_seconds: float = 60.0  # the staleness bound for deletes that bypass the proxy
     manifest_cache_bytes: int = 64 * MiB  # all entries together (per process, or in Redis)
+    workers: int = 1  # processes sharing the listening port (SO_REUSEPORT)
 
     @property
     def uses_redis(self) -> bool:
@@ -103,7 +104,25 @@ def check_pairs(settings: Settings) -> Settings:
     check_redis(settings)
     if settings.manifest_cache is ManifestCacheMode.REDIS and not settings.redis_url:
         raise SettingsError("--manifest-cache redis needs --redis-url")
+    check_workers(settings)
     return settings
+
+
+def check_workers(settings: Settings) -> None:
+    """Workers share only what lives outside them: the referrers index must be in Redis."""
+    if settings.workers == 1:
+        return
+    if not settings.uses_redis:
+        raise SettingsError(
+            f"--workers {settings.workers} needs a Redis index (--redis-url or --redis-sentinel):"
+            " the embedded index lives in one process, so each worker would list only the"
+            " referrers attached through it"
+        )
+    if settings.listen_port == 0:
+        raise SettingsError(
+            "--workers above 1 needs a fixed --listen port: with port 0 each worker would get"
+            " a port of its own"
+        )
 
 
 def check_redis(settings: Settings) -> None:
