@@ -16,7 +16,18 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import attach, blobs, hotpath, large, manifests, redis_ha, referrers, reindex
+from bench import (
+    attach,
+    blobs,
+    hotpath,
+    hotpath_slow,
+    large,
+    manifests,
+    redis_ha,
+    referrers,
+    reindex,
+    workers,
+)
 from bench.report import Row, table, write_json
 from bench.stack import Plan, Stack
 
@@ -25,6 +36,8 @@ SCENARIOS: dict[str, Scenario] = {
     blobs.SCENARIO: blobs.run,
     manifests.SCENARIO: manifests.run,
     hotpath.SCENARIO: hotpath.run,
+    hotpath_slow.SCENARIO: hotpath_slow.run,
+    workers.SCENARIO: workers.run,
     referrers.SCENARIO: referrers.run,
     attach.SCENARIO: attach.run,
     large.SCENARIO: large.run,

@@ -1,5 +1,6 @@
 """The hot path (issue 16): manifest GET by digest direct, through the proxy without and with its
-manifest cache, and through the nginx front; blob GET through the front against the proxy.
+manifest cache, and through the nginx front; referrers GET and blob GET through the front against
+the proxy.
 Every row carries the CPU each process spent per request (ms), measured in the same run."""
 
 from __future__ import annotations
@@ -7,11 +8,11 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 
-from bench.content import push_big_blob, session
+from bench.content import attach, push_big_blob, session
+from bench.image import push_blob
 from bench.load import download, request_rate
-from bench.procfs import CpuMeter
+from bench.procfs import CpuMeter, children, per_request
 from bench.report import Row, Target
 from bench.stack import Plan, Stack, size_label
 from bench.stats import Samples, medians
@@ -27,6 +28,7 @@ TARGETS = {
     "front": Target("ratio", ">=", 0.9),
 }
 FRONT_ADDED = Target("added", "<", 0.3)
+REFERRERS = 10  # on the subject whose referrers are listed through the front and the proxy
 
 
 @dataclass
@@ -36,34 +38,24 @@ class _Side:
     cpu: list[dict[str, float]] = field(default_factory=list)
 
 
-def _children(pid: int) -> list[int]:
-    path = Path(f"/proc/{pid}/task/{pid}/children")
-    return [int(child) for child in path.read_text().split()] if path.exists() else []
-
-
 @contextmanager
 def _front(stack: Stack, proxy_url: str) -> Iterator[tuple[str, int]]:
     """nginx in front of the registry and `proxy_url`; its URL and its (single) worker's pid."""
     registry = stack.registry.url.split("//", 1)[1]
     with running_front(stack.workdir / "front", registry, proxy_url.split("//", 1)[1]) as front:
-        (worker,) = _children(front.process.pid)
+        (worker,) = children(front.process.pid)
         yield front.url, worker
-
-
-def _per_request(shares: dict[str, float], rate: float) -> dict[str, float]:
-    """Cores busy over requests per second: CPU milliseconds per request, per process."""
-    return {
-        f"{name.removesuffix('_cpu')}_ms_per_req": 1000 * share / rate
-        for name, share in shares.items()
-    }
 
 
 async def run(stack: Stack, plan: Plan) -> list[Row]:
     plain = stack.proxy("hot-plain", "--manifest-cache", "off")
     cached = stack.proxy("hot-cached")  # the default: memory
     async with session() as http:
-        digest = sha256(await push_image(http, stack.registry.url, REPO, "v1"))
+        image = await push_image(http, stack.registry.url, REPO, "v1")
         blob = await push_big_blob(http, stack.registry.url, REPO, plan.blob_bytes)
+        await push_blob(http, stack.registry.url, REPO, b"{}")  # the referrers' empty config
+        await attach(http, plain.url, REPO, image, REFERRERS, plan.setup_concurrency)
+    digest = sha256(image)
     path = f"/v2/{REPO}/manifests/{digest}"
     with _front(stack, plain.url) as (front_url, worker):
         bases = {
@@ -76,16 +68,19 @@ async def run(stack: Stack, plan: Plan) -> list[Row]:
             "direct": stack.pids(),
             "proxy": stack.pids(plain),
             "proxy+cache": stack.pids(cached),
-            "front": {**stack.pids(), "front": worker},
+            "front": {**stack.pids(plain), "front": worker},  # the proxy: referrers only
         }
         rates = {side: _Side() for side in SIDES}
         latency = {side: _Side() for side in SIDES}
+        referrers = {side: _Side() for side in ("proxy", "front")}
 
-        async def measure(side: str, connections: int, into: _Side, keep: bool = True) -> None:
+        async def measure(
+            side: str, connections: int, into: _Side, keep: bool = True, target: str = path
+        ) -> None:
             meter = CpuMeter(pids[side])
             async with meter.measuring():
                 load = await request_rate(
-                    bases[side] + path,
+                    bases[side] + target,
                     connections=connections,
                     seconds=plan.seconds,
                     headers={"Accept": ACCEPT_MANIFESTS},
@@ -93,7 +88,7 @@ async def run(stack: Stack, plan: Plan) -> list[Row]:
             if keep:
                 into.rate.append(load.rate)
                 into.p50.append(load.p50_ms)
-                into.cpu.append(_per_request(meter.shares, load.rate))
+                into.cpu.append(per_request(meter.shares, load.rate))
 
         blobs: dict[str, list[float]] = {"proxy": [], "front": []}
         blob_cpu: dict[str, list[dict[str, float]]] = {"proxy": [], "front": []}
@@ -107,6 +102,8 @@ async def run(stack: Stack, plan: Plan) -> list[Row]:
             for side in SIDES:
                 await measure(side, 8, rates[side])
                 await measure(side, 1, latency[side])
+            for side in ("proxy", "front"):
+                await measure(side, 8, referrers[side], target=f"/v2/{REPO}/referrers/{digest}")
             for side in ("proxy", "front"):
                 meter = CpuMeter(blob_pids[side])
                 async with meter.measuring():
@@ -144,6 +141,20 @@ async def run(stack: Stack, plan: Plan) -> list[Row]:
                 medians(latency[side].cpu),
             )
         )
+    rows.append(
+        Row(
+            SCENARIO,
+            f"referrers GET, {REFERRERS} referrers, 8 conn, rate: front vs proxy",
+            "req/s",
+            Samples.of(referrers["front"].rate),
+            Samples.of(referrers["proxy"].rate),
+            Target("ratio", ">=", 0.9),
+            {
+                **{f"proxy_{k}": v for k, v in medians(referrers["proxy"].cpu).items()},
+                **medians(referrers["front"].cpu),
+            },
+        )
+    )
     rows.append(
         Row(
             SCENARIO,

@@ -57,6 +57,20 @@ class CpuMeter:
         }
 
 
+def per_request(shares: Mapping[str, float], rate: float) -> dict[str, float]:
+    """Cores busy (CpuMeter.shares) over requests per second: CPU milliseconds per request."""
+    return {
+        f"{name.removesuffix('_cpu')}_ms_per_req": 1000 * share / rate
+        for name, share in shares.items()
+    }
+
+
+def children(pid: int) -> list[int]:
+    """The processes `pid` started (its main thread's children)."""
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(child) for child in path.read_text().split()] if path.exists() else []
+
+
 @dataclass
 class RssPeak:
     """The highest VmRSS seen, sampled every `every` seconds while the block runs: VmHWM alone

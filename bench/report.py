@@ -104,6 +104,17 @@ def _target(row: Row) -> str:
     return text
 
 
+def cpu_per_request(row: Row) -> str:
+    """The measured side's CPU per request by process (`registry_ms_per_req`, ...); the
+    baseline's keys carry a prefix (`direct_registry_ms_per_req`) and are left to the JSON."""
+    shown = [
+        f"{key.removesuffix('_ms_per_req')} {value:.2f}"
+        for key, value in row.extra.items()
+        if key.endswith("_ms_per_req") and "_" not in key.removesuffix("_ms_per_req")
+    ]
+    return ", ".join(shown)
+
+
 def table(rows: Sequence[Row]) -> str:
     header = (
         "scenario",
@@ -113,6 +124,7 @@ def table(rows: Sequence[Row]) -> str:
         "ratio",
         "target",
         "",
+        "CPU ms/req",
     )
     lines = [
         (
@@ -123,6 +135,7 @@ def table(rows: Sequence[Row]) -> str:
             "–" if row.ratio is None else f"{row.ratio:.2f}",
             _target(row),
             {True: "met", False: "**missed**", None: ""}[row.met],
+            cpu_per_request(row),
         )
         for row in rows
     ]

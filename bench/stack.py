@@ -95,11 +95,12 @@ class Stack:
             redis = exits.enter_context(running_redis(workdir / "redis"))
             yield cls(workdir, exits, registry, redis)
 
-    def proxy(self, name: str, *args: str) -> ProxyProcess:
-        """The proxy process called `name`, started with `args` the first time it is asked for."""
+    def proxy(self, name: str, *args: str, upstream: str | None = None) -> ProxyProcess:
+        """The proxy process called `name`, started with `args` the first time it is asked for,
+        in front of the registry unless `upstream` names another."""
         if name not in self._proxies:
             self._proxies[name] = self._exits.enter_context(
-                running_proxy(self.workdir / f"proxy-{name}", self.registry.url, *args)
+                running_proxy(self.workdir / f"proxy-{name}", upstream or self.registry.url, *args)
             )
         return self._proxies[name]
 

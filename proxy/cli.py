@@ -269,6 +269,12 @@ SERVE_OPTIONS: tuple[Option, ...] = (
         str,
         "file holding user:password the proxy reads pushed manifests with, for registry events",
     ),
+    Option(
+        "workers",
+        _positive_int,
+        "processes serving the listening port together (SO_REUSEPORT), each with its own"
+        " upstream pools and caches; above 1 needs a Redis index (default 1)",
+    ),
 )
 
 
@@ -559,4 +565,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         raise SystemExit(_run_walk(command, reindex, getattr(args, "delete", False)))
     if command == "legacy-artifacts":
         raise SystemExit(_run_legacy(legacy))
+    if settings.workers > 1:
+        from proxy.workers import supervise
+
+        raise SystemExit(supervise(settings))
     serve(settings)

@@ -80,6 +80,7 @@ class Settings:
     notifications_token: str | None = None  # POST /notifications served only with it
     notifications_credentials_file: str | None = None  # user:password, to read pushed manifests
     cascade_delete: bool = False  # deleting a subject deletes its referrers (weak in the spec)
+    workers: int = 1  # processes sharing the listening port (SO_REUSEPORT)
 
     @property
     def uses_redis(self) -> bool:
@@ -108,6 +109,7 @@ def check_pairs(settings: Settings) -> Settings:
         raise SettingsError("--manifest-cache redis needs --redis-url")
     if settings.notifications_credentials_file and settings.notifications_token is None:
         raise SettingsError("--notifications-credentials-file needs --notifications-token")
+    check_workers(settings)
     return settings
 
 
@@ -117,6 +119,23 @@ def parse_token(value: str) -> str:
     if len(token) < 16 or not token.isascii() or not token.isprintable() or " " in token:
         raise SettingsError("must be at least 16 printable ASCII characters without spaces")
     return token
+
+
+def check_workers(settings: Settings) -> None:
+    """Workers share only what lives outside them: the referrers index must be in Redis."""
+    if settings.workers == 1:
+        return
+    if not settings.uses_redis:
+        raise SettingsError(
+            f"--workers {settings.workers} needs a Redis index (--redis-url or --redis-sentinel):"
+            " the embedded index lives in one process, so each worker would list only the"
+            " referrers attached through it"
+        )
+    if settings.listen_port == 0:
+        raise SettingsError(
+            "--workers above 1 needs a fixed --listen port: with port 0 each worker would get"
+            " a port of its own"
+        )
 
 
 def check_redis(settings: Settings) -> None:

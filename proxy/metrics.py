@@ -4,6 +4,7 @@ path or a repository name, so the number of series stays bounded whatever client
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 from types import SimpleNamespace
@@ -230,6 +231,17 @@ class Metrics:
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
+
+    def identify_worker(self, worker: int) -> None:
+        """With --workers each process counts on its own and a scrape reaches whichever took the
+        connection: this series says which one answered."""
+        Gauge(
+            "worker_info",
+            "The worker (1..N, and its pid) whose counters this page shows",
+            ("worker", "pid"),
+            namespace=NAMESPACE,
+            registry=self.registry,
+        ).labels(str(worker), str(os.getpid())).set(1)
 
     @web.middleware
     async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:

@@ -18,7 +18,7 @@ import ssl
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from proxy.app import make_app
+from proxy.app import METRICS, make_app
 from proxy.config import MiB, Settings
 from proxy.http.access_log import AccessLogger
 
@@ -76,22 +76,30 @@ def _tls(settings: Settings) -> ssl.SSLContext | None:
     return context
 
 
-async def run(settings: Settings) -> None:
+async def run(settings: Settings, worker: int | None = None) -> None:
+    """Serve until a signal; `worker` (1..N, with --workers) shares the port with the others."""
     keep_large_buffers_on_heap()
     in_flight = InFlight()
     app = make_app(settings)
     app.middlewares.insert(0, in_flight.middleware)
+    if worker is not None:
+        app[METRICS].identify_worker(worker)
     runner = web.AppRunner(
         app, access_log_class=AccessLogger, handle_signals=False, shutdown_timeout=1.0
     )
     await runner.setup()
     try:
         site = web.TCPSite(
-            runner, settings.listen_host, settings.listen_port, ssl_context=_tls(settings)
+            runner,
+            settings.listen_host,
+            settings.listen_port,
+            ssl_context=_tls(settings),
+            reuse_port=worker is not None,
         )
         await site.start()
         log.info(
-            "referrers-proxy listening on %s://%s:%d, index: %s",
+            "referrers-proxy %slistening on %s://%s:%d, index: %s",
+            "" if worker is None else f"worker {worker}/{settings.workers} ",
             "https" if settings.tls_cert else "http",
             settings.listen_host,
             settings.listen_port,

@@ -176,3 +176,19 @@ def test_notifications_token_from_env_and_what_needs_it() -> None:
     assert settings_from_args(credentials, env).notifications_credentials_file
     with pytest.raises(SettingsError, match="needs --notifications-token"):
         settings_from_args(credentials, {})
+
+
+def test_workers_flag_env_and_the_redis_index_they_need() -> None:
+    redis = ["--redis-url", "redis://r:6379/0"]
+    base = ["serve", "--upstream", "http://r:5000"]
+    assert settings_from_args(base, {}).workers == 1
+    env = {"REFERRERS_PROXY_WORKERS": "3"}
+    assert settings_from_args([*base, *redis], env).workers == 3
+    assert settings_from_args([*base, *redis, "--workers", "2"], env).workers == 2
+    with pytest.raises(SettingsError, match="--workers 2 needs a Redis index") as refused:
+        settings_from_args([*base, "--workers", "2"], {})
+    assert "each worker would list only the referrers attached through it" in str(refused.value)
+    with pytest.raises(SettingsError, match="needs a fixed --listen port"):
+        settings_from_args([*base, *redis, "--workers", "2", "--listen", ":0"], {})
+    with pytest.raises(SettingsError, match="REFERRERS_PROXY_WORKERS: must be a positive"):
+        settings_from_args(base, {"REFERRERS_PROXY_WORKERS": "0"})

@@ -16,7 +16,15 @@ LAYERS = (
     ("proxy.upstream", "proxy.index"),
     ("proxy.services",),
     ("proxy.http",),
-    ("proxy.app", "proxy.server", "proxy.logs", "proxy.cli", "proxy.devstack", "proxy.__main__"),
+    (
+        "proxy.app",
+        "proxy.server",
+        "proxy.workers",
+        "proxy.logs",
+        "proxy.cli",
+        "proxy.devstack",
+        "proxy.__main__",
+    ),
 )
 IO_LIBRARIES = ("aiohttp", "aiohttp_client_cache", "redis", "prometheus_client", "asyncio")
 
