@@ -21,6 +21,7 @@ import logging
 import multiprocessing
 import os
 import signal
+import socket
 import time
 from collections.abc import Sequence
 from multiprocessing.process import BaseProcess
@@ -36,8 +37,31 @@ _PR_SET_PDEATHSIG = 1
 
 
 def supervise(settings: Settings) -> int:
-    """Run `settings.workers` workers until a signal (exit 0) or a worker's own exit (1)."""
+    """Run `settings.workers` workers until a signal (exit 0) or a worker's own exit (1); 2 when
+    the port is already served."""
+    taken = _port_taken(settings.listen_host, settings.listen_port)
+    if taken is not None:
+        log.error("cannot listen on %s:%d: %s", settings.listen_host, settings.listen_port, taken)
+        return 2
     return asyncio.run(_supervise(settings))
+
+
+def _port_taken(host: str | None, port: int) -> str | None:
+    """Why the port cannot be ours alone, or None. SO_REUSEPORT would let the workers bind
+    beside a socket someone else already listens on (same user, same option), and the kernel
+    would hand that stranger a share of the connections: a bind without it must succeed first."""
+    for family, kind, proto, _, address in socket.getaddrinfo(
+        host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    ):
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            try:
+                probe.bind(address)
+            except OSError as exc:
+                return exc.strerror or str(exc)
+    return None
 
 
 async def _supervise(settings: Settings) -> int:

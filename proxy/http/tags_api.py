@@ -17,6 +17,9 @@ from proxy.upstream.client import RegistryClient
 
 log = logging.getLogger(__name__)
 MAX_UPSTREAM_PAGES = 1000
+MAX_HELD_BYTES = (
+    64 * 1024 * 1024
+)  # of one answer's upstream pages; a registry's list is cut past it
 
 
 def _page_size(request: web.Request) -> int | None:
@@ -42,10 +45,17 @@ class TagListApi:
         auth = request.headers.get(hdrs.AUTHORIZATION)
         path: str | None = f"/v2/{name}/tags/list"
         tags: list[str] = []
+        asked: set[str] = set()
+        held = 0
         for _ in range(MAX_UPSTREAM_PAGES):
-            if path is None:
+            if path is None or path in asked:  # the end, or a registry going round
                 break
+            if held > MAX_HELD_BYTES:
+                log.warning("%s: tag list over %d bytes upstream, cut", name, MAX_HELD_BYTES)
+                break
+            asked.add(path)
             answer = await self.client.call("GET", path, auth=auth)
+            held += len(answer.body)
             if answer.status != 200:
                 return self.forwarder.reply(request, answer)
             try:

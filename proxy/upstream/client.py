@@ -61,11 +61,14 @@ class Answer:
 def _next_page(response: aiohttp.ClientResponse) -> str | None:
     """Only the path and query of a rel="next" link: the host of the next page is always the
     configured upstream."""
-    link = response.links.get("next")
-    if link is None:
+    try:
+        link = response.links.get("next")
+        target = URL(str(link.get("url", ""))) if link is not None else None
+    except ValueError:  # a Link no URL can be made of pages nothing
         return None
-    target = URL(str(link.get("url", "")))
-    return target.raw_path_qs if target.raw_path.startswith("/v2/") else None
+    if target is None or not target.raw_path.startswith("/v2/"):
+        return None
+    return target.raw_path_qs
 
 
 MAX_PAGES = 10_000  # of one list: a registry whose next page never ends is cut here
@@ -108,9 +111,11 @@ class RegistryClient:
         """Every item under `key` of a paged list (the catalog, a repository's tags), page
         after page; UpstreamRefused if a page is refused."""
         next_path: str | None = path
+        asked: set[str] = set()
         for _ in range(MAX_PAGES):
-            if next_path is None:
+            if next_path is None or next_path in asked:  # the end, or a registry going round
                 return
+            asked.add(next_path)
             answer = await self.call("GET", next_path, auth=auth)
             if answer.status != 200:
                 raise UpstreamRefused(f"GET {next_path}", answer.status)

@@ -7,6 +7,9 @@ import asyncio
 import os
 import re
 import signal
+import socket
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
@@ -15,6 +18,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from proxy.devstack import free_port, stop
 from proxy.devstack.oci_client import (
     artifact_manifest,
     listed_referrers,
@@ -140,3 +144,31 @@ async def test_workers_stop_when_the_supervisor_is_killed(
         pids = sorted(await pages_by_worker(fresh, proxy.url))
         proxy.process.kill()
         await until_gone(pids)
+
+
+def test_workers_refuse_a_port_a_foreign_socket_already_serves(
+    registry: Registry, redis_server: Redis, tmp_path: Path
+) -> None:
+    port = free_port()
+    with socket.socket() as foreign:
+        foreign.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        foreign.bind(("127.0.0.1", port))
+        foreign.listen(64)
+        with (tmp_path / "proxy.log").open("wb") as log:
+            proxy = subprocess.Popen(
+                [
+                    *(sys.executable, "-m", "proxy", "serve", "--upstream", registry.url),
+                    *("--listen", f"127.0.0.1:{port}", "--redis-url", redis_server.url),
+                    *("--workers", "2"),
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+            try:
+                code = proxy.wait(timeout=30)
+            finally:
+                stop(proxy)
+    said = (tmp_path / "proxy.log").read_text()
+    assert code == 2, said
+    assert f"cannot listen on 127.0.0.1:{port}" in said
+    assert "listening on" not in said, "no worker was started"

@@ -34,15 +34,25 @@ def _module(path: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-def _imports(path: Path) -> set[str]:
+def _imports(path: Path, package: str = "") -> set[str]:
+    """Every module `path` imports, relative imports resolved against `package`."""
     found: set[str] = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
             found.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            found.add(node.module)
-            found.update(f"{node.module}.{alias.name}" for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = (
+                package.split(".")[: len(package.split(".")) - node.level + 1] if node.level else []
+            )
+            module = ".".join([*base, *([node.module] if node.module else [])])
+            found.add(module)
+            found.update(f"{module}.{alias.name}" for alias in node.names)
     return found
+
+
+def _package(path: Path) -> str:
+    module = _module(path)
+    return module if path.name == "__init__.py" else module.rpartition(".")[0]
 
 
 def _layer(module: str) -> int | None:
@@ -64,14 +74,16 @@ def test_imports_point_down(path: Path) -> None:
     rank = _layer(module)
     assert rank is not None, f"{module} belongs to no layer: add it to LAYERS"
     upward = {
-        name for name in _imports(path) if name.startswith("proxy.") and (_layer(name) or 0) > rank
+        name
+        for name in _imports(path, _package(path))
+        if name.startswith("proxy.") and (_layer(name) or 0) > rank
     }
     assert not upward, f"{module} (layer {rank}) imports from above: {sorted(upward)}"
 
 
 @pytest.mark.parametrize("path", _sources("proxy/oci"), ids=lambda p: p.name)
 def test_pure_rules_do_no_io(path: Path) -> None:
-    io = {name for name in _imports(path) if name.split(".")[0] in IO_LIBRARIES}
+    io = {name for name in _imports(path, _package(path)) if name.split(".")[0] in IO_LIBRARIES}
     assert not io, f"{path.name} imports {sorted(io)}"
 
 
@@ -89,3 +101,12 @@ def test_the_check_sees_a_violation(tmp_path: Path) -> None:
     assert {"proxy.http.app", "aiohttp.web", "tests"} <= _imports(source)
     assert _layer("proxy.http.app") == 4
     assert _layer("proxy.oci.names") == 0
+
+
+def test_the_check_resolves_relative_imports(tmp_path: Path) -> None:
+    """`from ..http import errors` in proxy/oci/x.py is an upward import like any other."""
+    source = tmp_path / "x.py"
+    source.write_text("from ..http import errors\nfrom .names import is_tag\n")
+    found = _imports(source, "proxy.oci")
+    assert {"proxy.http.errors", "proxy.oci.names.is_tag"} <= found
+    assert _layer("proxy.http.errors") == 4

@@ -36,3 +36,26 @@ async def test_only_the_next_page_path_is_followed(link: str | None, expected: s
         client = RegistryClient(session, URL(str(server.make_url("/"))).origin(), 1 << 20)
         answer = await client.call("GET", "/v2/a/tags/list", auth=None)
     assert answer.next_page == expected
+
+
+@pytest.mark.parametrize(
+    "link",
+    [
+        '<http://registry.example:99999/v2/>; rel="alternate"',  # port out of range
+        '<http://[::1/v2/>; rel="describedby"',  # bad IPv6 literal
+    ],
+)
+async def test_a_malformed_link_on_a_manifest_answer_is_no_crash(link: str) -> None:
+    """Every call reads the Link header: one no URL can be made of, on any answer, pages
+    nothing (it used to raise ValueError, a 500 to the client)."""
+
+    async def manifest(request: web.Request) -> web.Response:
+        return web.json_response({"schemaVersion": 2}, headers={"Link": link})
+
+    app = web.Application()
+    app.router.add_get("/v2/a/manifests/v1", manifest)
+    async with TestServer(app) as server, aiohttp.ClientSession() as session:
+        client = RegistryClient(session, URL(str(server.make_url("/"))).origin(), 1 << 20)
+        answer = await client.get_manifest("a", "v1", None)
+    assert answer.status == 200
+    assert answer.next_page is None

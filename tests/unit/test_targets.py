@@ -1,4 +1,8 @@
+import itertools
+
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import make_mocked_request
 from hypothesis import given
 from hypothesis import strategies as st
 from yarl import URL
@@ -158,3 +162,69 @@ def test_the_kind_is_always_one_of_a_few(path: str) -> None:
 )
 def test_name_and_reference(path: str, target: Target) -> None:
     assert classify(path) == target
+
+
+def _old_router() -> web.Application:
+    """aiohttp's own route patterns, as the proxy routed before one classifier did: a second
+    grammar to check the classifier against."""
+    app = web.Application()
+
+    def named(name: str):  # type: ignore[no-untyped-def]
+        async def handler(request: web.Request) -> str:
+            return name
+
+        return handler
+
+    manifests = "/v2/{name:.+}/manifests/{reference}"
+    app.router.add_route("PUT", manifests, named("put_manifest"))
+    app.router.add_route("DELETE", manifests, named("delete_manifest"))
+    app.router.add_get(manifests, named("get_manifest"))
+    app.router.add_get("/v2/{name:.+}/referrers/{digest}", named("get_referrers"))
+    app.router.add_get("/v2/{name:.+}/tags/list", named("tags_list"))
+    app.router.add_route("*", "/v2", named("forward"))
+    app.router.add_route("*", "/v2/{tail:.*}", named("forward"))
+    app.freeze()
+    return app
+
+
+OWN = {
+    ("manifest", "PUT"): "put_manifest",
+    ("manifest", "DELETE"): "delete_manifest",
+    ("manifest", "GET"): "get_manifest",
+    ("manifest", "HEAD"): "get_manifest",
+    ("referrers", "GET"): "get_referrers",
+    ("referrers", "HEAD"): "get_referrers",
+    ("tags", "GET"): "tags_list",
+    ("tags", "HEAD"): "tags_list",
+}  # proxy/app.py `own`
+
+
+async def test_the_classifier_routes_as_the_old_route_table_did() -> None:
+    """Every path of up to 3 endpoint-word segments, every method: the same handler, name and
+    reference as aiohttp's route patterns give."""
+    words = ["a", "blobs", "uploads", "manifests", "tags", "list", "referrers", SHA, "v1", ""]
+    paths = ["/v2", "/v2/"] + [
+        "/v2/" + "/".join(combo)
+        for n in range(1, 4)
+        for combo in itertools.product(words, repeat=n)
+    ]
+    app = _old_router()
+    for path in paths:
+        if path_problem(path) is not None:
+            continue
+        target = classify(path)
+        for method in ("GET", "HEAD", "PUT", "DELETE", "PATCH", "OPTIONS", "POST"):
+            request = make_mocked_request(method, path, app=app)
+            match = await app.router.resolve(request)
+            old = await match.handler(request)
+            assert OWN.get((target.kind, method), "forward") == old, (method, path)
+            if old in ("put_manifest", "delete_manifest", "get_manifest", "get_referrers"):
+                reference = match.get("reference") or match.get("digest")
+                assert (target.name, target.reference) == (match["name"], reference), path
+
+
+def test_blobs_uploads_without_its_slash_is_an_upload() -> None:
+    """`/v2/a/blobs/uploads` is an upload without its slash (Distribution answers 301 to
+    `.../uploads/`), not a blob whose digest is "uploads" (once a 400 DIGEST_INVALID)."""
+    assert classify("/v2/a/blobs/uploads").kind == "upload"
+    assert path_problem("/v2/a/blobs/uploads") is None
