@@ -8,6 +8,7 @@ import asyncio
 from pathlib import Path
 
 import aiohttp
+import pytest
 import redis.asyncio as aioredis
 
 from proxy.devstack.large_subject import TAG_INDEX_LIMIT, push_all, seed_legacy_index
@@ -41,6 +42,8 @@ async def walk(http: aiohttp.ClientSession, proxy: str, repo: str, subject: str)
     raise AssertionError("pagination did not end")
 
 
+# 20,000 referrers take ~90 s alone and twice that on a shared machine; the limit is for hangs.
+@pytest.mark.timeout(420)
 async def test_twenty_thousand_referrers_on_one_subject(
     http: aiohttp.ClientSession, redis_server: Redis, tmp_path: Path
 ) -> None:
