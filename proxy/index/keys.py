@@ -1,4 +1,5 @@
-"""Every Redis key the index uses, built here and nowhere else.
+"""Every Redis key the proxy uses (the index, and the manifest cache), built here and nowhere
+else.
 
 Repository names and digests never contain `|`, `{` or `}`, so `{<repository>|<digest>}` is
 unambiguous, and is also a Redis Cluster hash tag that keeps one subject's keys on one slot:
@@ -44,3 +45,20 @@ def tag_sync(repository: str, subject: str) -> str:
 
 def subject_lock(repository: str, subject: str) -> str:
     return f"{PREFIX}:{{{repository}|{subject}}}:lock"
+
+
+# The manifest cache: one hash tag, so every cache key is on one cluster slot and its scripts run
+# there; index keys are never among them.
+MANIFEST_CACHE_PREFIX = f"{PREFIX}:{{manifest-cache}}"
+MANIFEST_CACHE_ENTRY = f"{MANIFEST_CACHE_PREFIX}:entry:"
+
+
+def manifest_cache(key: str) -> list[str]:
+    """The entry, its tombstone, the expiry order (zset), the sizes (hash), the total bytes."""
+    return [
+        MANIFEST_CACHE_ENTRY + key,
+        f"{MANIFEST_CACHE_PREFIX}:gone:{key}",
+        f"{MANIFEST_CACHE_PREFIX}:order",
+        f"{MANIFEST_CACHE_PREFIX}:sizes",
+        f"{MANIFEST_CACHE_PREFIX}:bytes",
+    ]

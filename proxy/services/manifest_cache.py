@@ -28,6 +28,7 @@ from redis.exceptions import RedisError
 from yarl import URL
 
 from proxy.config import ManifestCacheMode, Settings
+from proxy.index import keys as redis_keys
 from proxy.oci.targets import upstream_url
 
 log = logging.getLogger(__name__)
@@ -36,7 +37,6 @@ TOMBSTONE_SECONDS = 30.0  # how long a delete blocks stores of what it deleted
 FILL_LIMIT_SECONDS = TOMBSTONE_SECONDS / 2  # a fill slower than this is not stored
 _ENTRY_OVERHEAD = 512  # bytes an entry holds besides its body and headers (objects, key)
 _MAX_TOMBSTONES = 100_000
-REDIS_PREFIX = "orp:v1:{manifest-cache}"  # one hash tag: every cache key on one cluster slot
 
 
 class CacheUnavailable(Exception):
@@ -144,7 +144,7 @@ class MemoryEntries(BaseCache):
 
 
 # KEYS: 1 entry, 2 its tombstone, 3 order (zset: entry key -> expiry ms), 4 sizes (hash),
-# 5 total bytes. Every key shares REDIS_PREFIX's hash tag, so the script runs on one slot.
+# 5 total bytes. Every key shares one hash tag (index/keys.py), so the script runs on one slot.
 _DROP = """
 local function drop(key)
   local size = redis.call('HGET', KEYS[4], key)
@@ -200,46 +200,38 @@ class RedisEntries(BaseCache):
         self._write = client.register_script(_WRITE)
         self._delete = client.register_script(_DELETE)
 
-    @staticmethod
-    def _keys(key: str) -> list[str]:
-        return [
-            f"{REDIS_PREFIX}:entry:{key}",
-            f"{REDIS_PREFIX}:gone:{key}",
-            f"{REDIS_PREFIX}:order",
-            f"{REDIS_PREFIX}:sizes",
-            f"{REDIS_PREFIX}:bytes",
-        ]
-
     async def read(self, key: str) -> ResponseOrKey:
-        data = await self._redis.get(self._keys(key)[0])
+        data = await self._redis.get(redis_keys.manifest_cache(key)[0])
         return decode_entry(data) if isinstance(data, bytes) else None
 
     async def write(self, key: str, item: ResponseOrKey) -> None:
         if isinstance(item, CachedResponse):
             now_ms = int(time.time() * 1000)
             args: list[bytes | int] = [encode_entry(item), self._ttl_ms, now_ms, self._max_bytes]
-            await self._write(keys=self._keys(key), args=args)
+            await self._write(keys=redis_keys.manifest_cache(key), args=args)
 
     async def delete(self, key: str) -> None:
-        await self._delete(keys=self._keys(key), args=[int(TOMBSTONE_SECONDS * 1000)])
+        await self._delete(
+            keys=redis_keys.manifest_cache(key), args=[int(TOMBSTONE_SECONDS * 1000)]
+        )
 
     async def bulk_delete(self, keys: set[str]) -> None:
         for key in keys:
             await self.delete(key)
 
     async def contains(self, key: str) -> bool:
-        return bool(await self._redis.exists(self._keys(key)[0]))
+        return bool(await self._redis.exists(redis_keys.manifest_cache(key)[0]))
 
     async def clear(self) -> None:
         async for key in self.keys():
             await self.delete(key)
 
     async def size(self) -> int:
-        return int(await self._redis.zcard(self._keys("")[2]))
+        return int(await self._redis.zcard(redis_keys.manifest_cache("")[2]))
 
     async def keys(self) -> AsyncIterator[str]:
-        prefix = len(f"{REDIS_PREFIX}:entry:")
-        for name in await self._redis.zrange(self._keys("")[2], 0, -1):
+        prefix = len(redis_keys.MANIFEST_CACHE_ENTRY)
+        for name in await self._redis.zrange(redis_keys.manifest_cache("")[2], 0, -1):
             if isinstance(name, bytes):
                 yield name.decode()[prefix:]
 

@@ -25,8 +25,9 @@ from proxy.devstack.oci_client import (
     sha256,
 )
 from proxy.devstack.processes import Redis, Registry, free_port
+from proxy.index.keys import MANIFEST_CACHE_PREFIX as REDIS_PREFIX
 from proxy.oci.cache_rules import MAX_ENTRY_BYTES
-from proxy.services.manifest_cache import REDIS_PREFIX, RedisEntries, make_entry
+from proxy.services.manifest_cache import RedisEntries, make_entry
 from tests.conftest import AUTH_PASSWORD, AUTH_USER, StartProxy
 from tests.harness.fault_relay import Canned, FaultRelay, running_relay
 
