@@ -12,39 +12,44 @@ from __future__ import annotations
 PREFIX = "orp:v1"
 
 
+def _of(repository: str, digest: str, what: str) -> str:
+    """A key of one subject (or referrer), in its cluster slot."""
+    return f"{PREFIX}:{{{repository}|{digest}}}:{what}"
+
+
 def subject_positions(repository: str, subject: str) -> str:
     """The subject's position counter (positions before it came from a global counter)."""
-    return f"{PREFIX}:{{{repository}|{subject}}}:position"
+    return _of(repository, subject, "position")
 
 
 def subject_tombstones(repository: str, subject: str) -> str:
     """Sorted set: removed referrer digests, scored by when their tombstone expires."""
-    return f"{PREFIX}:{{{repository}|{subject}}}:gone"
+    return _of(repository, subject, "gone")
 
 
 def subject_all(repository: str, subject: str) -> str:
-    return f"{PREFIX}:{{{repository}|{subject}}}:all"
+    return _of(repository, subject, "all")
 
 
 def subject_type(repository: str, subject: str, artifact_type: str) -> str:
-    return f"{PREFIX}:{{{repository}|{subject}}}:type:{artifact_type}"
+    return _of(repository, subject, f"type:{artifact_type}")
 
 
 def subject_descriptors(repository: str, subject: str) -> str:
-    return f"{PREFIX}:{{{repository}|{subject}}}:descriptors"
+    return _of(repository, subject, "descriptors")
 
 
 def referrer(repository: str, digest: str) -> str:
     """Hash: which subject and artifact type a referrer was recorded under."""
-    return f"{PREFIX}:{{{repository}|{digest}}}:referrer"
+    return _of(repository, digest, "referrer")
 
 
 def tag_sync(repository: str, subject: str) -> str:
-    return f"{PREFIX}:{{{repository}|{subject}}}:tag-sync"
+    return _of(repository, subject, "tag-sync")
 
 
 def subject_lock(repository: str, subject: str) -> str:
-    return f"{PREFIX}:{{{repository}|{subject}}}:lock"
+    return _of(repository, subject, "lock")
 
 
 # The manifest cache: one hash tag, so every cache key is on one cluster slot and its scripts run
