@@ -123,12 +123,13 @@ class ManifestWrites:
             answer = _as_pushed(answer, keep, referrer.digest)
         if recorded_upstream(answer.headers, referrer.subject):
             self.native.settle(True)  # also an upgrade under a running proxy
-        if self.native.known is True:
             # The upstream recorded it, and its OCI-Subject goes to the client as it came.
             log.info(
                 "%s %s: recorded upstream as a referrer of %s", name, reference, referrer.subject
             )
             return self.forwarder.reply(request, answer)
+        # Not recorded upstream (no OCI-Subject, even from a native registry: the spec's word
+        # for "fall back"): the proxy records it the legacy way.
         if keep is None and self.keep_tags.enabled:
             await self.keep_tags.keep(
                 name, referrer, body, request.headers.get(hdrs.CONTENT_TYPE, ""), auth

@@ -17,11 +17,13 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import TextIO
 
+import orjson
 from aiohttp import hdrs
 
 from proxy.config import Settings
 from proxy.oci.errors import UpstreamRefused
 from proxy.oci.legacy_tags import LegacyKind, legacy_kind, tag_subject, why_not_by_digest
+from proxy.oci.manifest import ManifestInvalid, Referrer, inspect_manifest
 from proxy.oci.tagschema import TagIndexInvalid, keep_tag_digest, parse_tag_index
 from proxy.upstream.client import ACCEPT_MANIFESTS, RegistryClient
 from proxy.upstream.native import ZERO_DIGEST, ask_native
@@ -30,6 +32,9 @@ from proxy.upstream.session import open_session
 log = logging.getLogger(__name__)
 CONCURRENCY = 16  # tags resolved at once
 MAX_BODY = 64 * 1024 * 1024  # catalog and tag lists can be far larger than a manifest
+
+
+INCOMPLETE: dict[str, set[str]] = {}  # a repository's tags not all read: delete by digest none
 
 
 class CleanupRefused(Exception):
@@ -94,8 +99,10 @@ class LegacyCleanup:
             self.summary.errors += 1
 
     async def _repository(self, name: str) -> None:
+        errors = self.summary.errors
         tags = [tag async for tag in self._pages(f"/v2/{name}/tags/list", "tags")]
-        by_digest: dict[str, set[str]] | None = None
+        # Which other tags a delete by digest would take is known only from a complete list.
+        by_digest: dict[str, set[str]] | None = INCOMPLETE if self.summary.errors > errors else None
         for tag in sorted(tags):
             kind = legacy_kind(tag)
             if kind is None or self.only not in (None, kind):
@@ -116,7 +123,12 @@ class LegacyCleanup:
                 continue
             if by_digest is None:
                 by_digest = await self._tags_by_digest(name, tags)
-            reason = why_not_by_digest(kind, tag, digest, by_digest)
+            reason = (
+                "not every tag of the repository could be read: which others name the same"
+                " manifest is unknown"
+                if by_digest is INCOMPLETE
+                else why_not_by_digest(kind, tag, digest, by_digest)
+            )
             if reason is not None:
                 log.warning("%s:%s left: %s", name, tag, reason)
                 self.summary.left += 1
@@ -144,18 +156,44 @@ class LegacyCleanup:
         if kind is LegacyKind.TAG_INDEX:
             content_type = answer.headers.get(hdrs.CONTENT_TYPE, "")
             try:
-                parse_tag_index(tag_subject(tag), answer.body, content_type, digest)
+                listed = parse_tag_index(tag_subject(tag), answer.body, content_type, digest)
             except TagIndexInvalid as exc:
                 log.warning("%s:%s is not a referrers index (%s): left alone", name, tag, exc)
                 return None
-        elif keep_tag_digest(tag) not in (None, digest):
-            log.warning("%s:%s names another manifest than its referrer: left alone", name, tag)
+            if not await self._lists_referrers(name, tag, answer.body, listed.referrers):
+                return None
+        elif keep_tag_digest(tag) != digest or not _has_subject(answer.body):
+            log.warning("%s:%s is not the keep tag of its referrer: left alone", name, tag)
             return None
         return digest
 
+    async def _lists_referrers(
+        self, name: str, tag: str, body: bytes, listed: list[Referrer]
+    ) -> bool:
+        """An image index whose children are platforms (a multi-arch image tagged like a
+        digest) is no referrers index: no entry may name a platform, and the first one listed
+        must be a referrer of the tag's subject."""
+        entries = orjson.loads(body).get("manifests") or []
+        if any(isinstance(entry, dict) and "platform" in entry for entry in entries):
+            log.warning("%s:%s lists platforms, an image: left alone", name, tag)
+            return False
+        if not listed:
+            return True
+        child = await self.client.get_manifest(name, listed[0].digest, self.auth)
+        try:
+            found = inspect_manifest(child.body, child.headers.get(hdrs.CONTENT_TYPE, ""))
+        except ManifestInvalid:
+            found = None
+        if child.status != 200 or found is None or found.subject != tag_subject(tag):
+            log.warning("%s:%s lists no referrer of its subject: left alone", name, tag)
+            return False
+        return True
+
     async def _tags_by_digest(self, name: str, tags: list[str]) -> dict[str, set[str]]:
-        """Which tags name each manifest (HEAD each tag, CONCURRENCY at a time)."""
+        """Which tags name each manifest (HEAD each tag, CONCURRENCY at a time); INCOMPLETE when
+        one of them could not be read."""
         found: dict[str, set[str]] = {}
+        unread: list[str] = []
         heads = asyncio.Semaphore(CONCURRENCY)
 
         async def head(tag: str) -> None:
@@ -167,10 +205,16 @@ class LegacyCleanup:
                     headers={hdrs.ACCEPT: ACCEPT_MANIFESTS},
                 )
             digest = answer.headers.get("Docker-Content-Digest")
-            if digest:
+            if answer.status == 200 and digest:
                 found.setdefault(digest, set()).add(tag)
+            else:
+                unread.append(tag)
 
         await asyncio.gather(*(head(tag) for tag in tags))
+        if unread:
+            log.warning("%s: %d tags unreadable (%s, ...)", name, len(unread), unread[0])
+            self.summary.errors += 1
+            return INCOMPLETE
         return found
 
 
@@ -191,3 +235,11 @@ async def legacy_artifacts(
     verb = "" if delete else " (dry run: --delete to remove)"
     out.write(f"legacy-artifacts{verb}: {cleanup.summary.line()}\n")
     return cleanup.summary
+
+
+def _has_subject(body: bytes) -> bool:
+    try:
+        document = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return False
+    return isinstance(document, dict) and isinstance(document.get("subject"), dict)

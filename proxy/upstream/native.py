@@ -26,11 +26,14 @@ ZERO_DIGEST = "sha256:" + "0" * 64  # a subject no registry holds: the probes' q
 
 
 def native_from_status(status: int, content_type: str | None) -> bool | None:
-    """A 200 image index says yes and a 404 says no; a challenge, an error or anything else
-    says nothing (clients compare the Content-Type to the letter; so does the proxy)."""
-    if status == 200 and media_type(content_type or "") == IMAGE_INDEX:
+    """A 200 image index says yes and a router's 404 (no such route: not JSON) says no; a
+    404 with an OCI error body (NAME_UNKNOWN: a native registry asked about a repository it
+    does not hold), a challenge, an error or anything else says nothing (clients compare the
+    Content-Type to the letter; so does the proxy)."""
+    kind = media_type(content_type or "")
+    if status == 200 and kind == IMAGE_INDEX:
         return True
-    if status == 404:
+    if status == 404 and kind != "application/json":
         return False
     return None
 
@@ -71,9 +74,16 @@ class NativeSupport:
         self.known = known
 
     def settle(self, native: bool | None) -> None:
-        if native is not None and native != self.known:
-            self.known = native
-            log.info("upstream Referrers API: %s", describe_native(native))
+        """Once proven native, native it stays for this process: referrers recorded upstream
+        alone must not vanish from listings because one answer (a router's 404 during a rolling
+        upgrade) said otherwise. A registry rolled back needs a restart of the proxy."""
+        if native is None or native == self.known:
+            return
+        if self.known is True:
+            log.warning("upstream Referrers API: an answer said absent; still treated as native")
+            return
+        self.known = native
+        log.info("upstream Referrers API: %s", describe_native(native))
 
     async def for_write(self, repository: str, subject: str, auth: str | None) -> bool:
         """Whether to leave the upstream's referrers to it (writing nothing of the proxy's
