@@ -191,8 +191,9 @@ class ManifestWrites:
         # A subject deleted, or left without referrers, has no tag-schema index to keep.
         gone = cascaded.emptied | {reference} if permitted else set()
         await self.cascade.drop_tag_indexes(name, gone, auth)
-        # Only a caller the registry let delete the subject learns what its tree held.
-        extra = {CASCADE_HEADER: cascaded.header()} if permitted else None
+        # Only a caller the registry let delete the subject, or who deleted referrers with its
+        # own credentials (then told, even when the subject's delete failed), learns the counts.
+        extra = {CASCADE_HEADER: cascaded.header()} if permitted or cascaded.deleted else None
         return self.forwarder.reply(request, answer, extra)
 
     async def _gone(self, name: str, digest: str, auth: str | None) -> bool:

@@ -53,7 +53,8 @@ Event = Pushed | Deleted
 def token_matches(authorization: str | None, token: str) -> bool:
     """`Authorization: Bearer <token>`, compared in constant time."""
     expected = f"Bearer {token}".encode()
-    return hmac.compare_digest((authorization or "").encode(), expected)
+    given = (authorization or "").encode("utf-8", "surrogateescape")  # any bytes: no 500
+    return hmac.compare_digest(given, expected)
 
 
 def _target(event: dict[str, Any]) -> tuple[dict[str, Any], str, str]:
@@ -75,6 +76,12 @@ def _event(event: object) -> Event | None:
     if not isinstance(action, str):
         raise EnvelopeInvalid("event without an action")
     if action == "delete":
+        target = event.get("target")
+        if isinstance(target, dict) and target.get("digest") is None and target.get("tag"):
+            # Distribution's event for a tag it removed along with its manifest: the
+            # manifest's own event carries the digest. Refusing it would wedge the registry's
+            # queue (it retries a refused envelope forever).
+            return None
         _, repository, digest = _target(event)
         return Deleted(repository, digest)
     if action != "push":

@@ -18,10 +18,11 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import orjson
+from aiohttp import hdrs
 
 from proxy.index import IndexStore
 from proxy.metrics import Metrics
-from proxy.oci.manifest import IMAGE_INDEX
+from proxy.oci.manifest import IMAGE_INDEX, ManifestInvalid, inspect_manifest, media_type
 from proxy.oci.orphans import emptied, hanging_from
 from proxy.oci.tagschema import tag_names
 from proxy.services.pull_access import proves_absent
@@ -101,6 +102,8 @@ class Cascade:
         subject_of, truncated = await self.referrers(name, root, auth)
         outcome = Outcome(truncated=truncated)
         for digest in hanging_from(subject_of, {root}):
+            if not await self._refers_to(name, digest, subject_of[digest], auth):
+                continue
             answer = await self.client.delete_manifest(name, digest, auth)
             if answer.status == 202 or proves_absent(answer):
                 await self.index.remove(name, digest)
@@ -124,6 +127,27 @@ class Cascade:
             )
         return outcome
 
+    async def _refers_to(self, name: str, digest: str, parent: str, auth: str | None) -> bool:
+        """Whether the registry's manifest `digest` really names `parent` as its subject: a
+        tag-schema index anyone may write could list an unrelated image."""
+        answer = await self.client.get_manifest(name, digest, auth)
+        if proves_absent(answer):
+            return True  # already gone: its delete is a no-op, recorded as deleted
+        try:
+            found = (
+                inspect_manifest(answer.body, answer.headers.get(hdrs.CONTENT_TYPE, ""))
+                if answer.status == 200
+                else None
+            )
+        except ManifestInvalid:
+            found = None
+        if found is None or found.subject != parent:
+            log.warning(
+                "%s: %s is listed under %s but is no referrer of it: kept", name, digest, parent
+            )
+            return False
+        return True
+
     async def drop_tag_indexes(self, name: str, subjects: set[str], auth: str | None) -> None:
         """The tag-schema indexes of subjects that are gone (deleted by digest: Distribution's
         only way). What a tag holds is checked first: it must be an index, not the subject."""
@@ -132,7 +156,7 @@ class Cascade:
                 answer = await self.client.get_manifest(name, tag, auth)
                 if answer.status != 200 or answer.content_digest == subject:
                     continue
-                if answer.headers.get("Content-Type", "").split(";")[0].strip() != IMAGE_INDEX:
+                if media_type(answer.headers.get(hdrs.CONTENT_TYPE, "")) != IMAGE_INDEX:
                     continue
                 dropped = await self.client.delete_manifest(name, answer.content_digest, auth)
                 if dropped.status != 202 and not proves_absent(dropped):

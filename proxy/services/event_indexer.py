@@ -107,6 +107,12 @@ class EventIndexer:
     async def apply(self, event: Event) -> str:
         """`indexed`, `forgotten` or `ignored`; raises what failed."""
         if isinstance(event, Deleted):
+            # Applied from what the registry holds now: a late or repeated delete of a manifest
+            # pushed again since forgets nothing.
+            answer = await self.client.get_manifest(event.repository, event.digest, self.auth)
+            if not proves_absent(answer):
+                log.info("registry event: %s delete of a manifest still there", event.digest)
+                return "ignored"
             await self.index.remove(event.repository, event.digest)
             await self.forget(event.repository, event.digest)
             log.info("registry event: %s deleted from %s", event.digest, event.repository)

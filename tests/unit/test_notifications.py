@@ -123,3 +123,9 @@ def test_credentials_file_text_becomes_basic_auth() -> None:
     for bad in ("", "no-colon", ":password"):
         with pytest.raises(ValueError, match="user:password"):
             credentials_header(bad)
+
+
+def test_review18_a_non_utf8_authorization_is_refused_not_a_500() -> None:
+    """aiohttp hands undecodable header bytes over as surrogates: `.encode()` raised, an
+    unauthenticated request got a 500 and a traceback in the log."""
+    assert not token_matches("Bearer \udcff\udcfe", "t" * 20)
