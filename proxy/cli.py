@@ -278,35 +278,7 @@ SERVE_OPTIONS: tuple[Option, ...] = (
 )
 
 
-_REINDEX_SHARED = frozenset(
-    {
-        "upstream",
-        "redis-url",
-        "redis-max-connections",
-        "redis-ca-file",
-        "redis-password-file",
-        "redis-cluster",
-        "redis-sentinel",
-        "redis-master",
-        "redis-wait-replicas",
-        "max-annotation-bytes",
-        "keep-tags",
-        "upstream-ca-file",
-        "upstream-insecure",
-        "connect-timeout",
-        "read-timeout",
-        "log-level",
-        "log-format",
-    }
-)
-_UPSTREAM_AUTH = (
-    Option("upstream-username", str, "user for HTTP Basic auth to the upstream (not serve)"),
-    Option("upstream-password", str, "its password; prefer the env var (not serve)"),
-)
-REINDEX_OPTIONS: tuple[Option, ...] = (
-    *(option for option in SERVE_OPTIONS if option.flag in _REINDEX_SHARED),
-    *_UPSTREAM_AUTH,
-)
+# The serve flags the subcommands take too: every one reaches the upstream; reindex also the index.
 _LEGACY_SHARED = frozenset(
     {
         "upstream",
@@ -317,6 +289,26 @@ _LEGACY_SHARED = frozenset(
         "log-level",
         "log-format",
     }
+)
+_REINDEX_SHARED = _LEGACY_SHARED | {
+    "redis-url",
+    "redis-max-connections",
+    "redis-ca-file",
+    "redis-password-file",
+    "redis-cluster",
+    "redis-sentinel",
+    "redis-master",
+    "redis-wait-replicas",
+    "max-annotation-bytes",
+    "keep-tags",
+}
+_UPSTREAM_AUTH = (
+    Option("upstream-username", str, "user for HTTP Basic auth to the upstream (not serve)"),
+    Option("upstream-password", str, "its password; prefer the env var (not serve)"),
+)
+REINDEX_OPTIONS: tuple[Option, ...] = (
+    *(option for option in SERVE_OPTIONS if option.flag in _REINDEX_SHARED),
+    *_UPSTREAM_AUTH,
 )
 LEGACY_OPTIONS: tuple[Option, ...] = (
     *(option for option in SERVE_OPTIONS if option.flag in _LEGACY_SHARED),
