@@ -7,7 +7,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from proxy.oci.errors import OCIError
-from proxy.oci.targets import Target, classify, target_problem
+from proxy.oci.targets import Target, checked_target
 
 TARGET = web.RequestKey("target", Target)
 
@@ -16,14 +16,12 @@ TARGET = web.RequestKey("target", Target)
 async def target_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Bad targets, names, digests and tags never reach the upstream, nor a Host header that no
     URL can be made of (answers rewrite Location and Link to it)."""
-    problem = target_problem(request.raw_path)
-    if problem is not None:
-        raise problem
+    target = checked_target(request.raw_path)
     try:
         request.url.origin()
     except ValueError as exc:
         raise OCIError(400, "UNSUPPORTED", "invalid Host header") from exc
-    request[TARGET] = classify(request.path)
+    request[TARGET] = target
     return await handler(request)
 
 

@@ -73,37 +73,40 @@ def classify(path: str) -> Target:
     return Target(kind, match["name"], match[kind].removeprefix("/") or None)
 
 
-def target_problem(raw_target: str) -> OCIError | None:
-    """What is wrong with a request for `raw_target` (as on the request line), or None."""
+def checked_target(raw_target: str) -> Target:
+    """What a request for `raw_target` (as on the request line) addresses, classified once;
+    OCIError when it is not to be served."""
     if len(raw_target) > MAX_TARGET:
-        return OCIError(414, "UNSUPPORTED", f"request target longer than {MAX_TARGET} bytes")
+        raise OCIError(414, "UNSUPPORTED", f"request target longer than {MAX_TARGET} bytes")
     if not raw_target.startswith("/") or raw_target.startswith("//") or "#" in raw_target:
-        return OCIError(400, "UNSUPPORTED", "only origin-form request targets (/path?query)")
-    return path_problem(raw_target.partition("?")[0])
+        raise OCIError(400, "UNSUPPORTED", "only origin-form request targets (/path?query)")
+    return checked_path(raw_target.partition("?")[0])
 
 
-def path_problem(raw_path: str) -> OCIError | None:
-    """What is wrong with a request for `raw_path` (without its query), or None."""
+def checked_path(raw_path: str) -> Target:
+    """As checked_target, for a path without its query. Percent-encoding is refused, so the
+    path classified here is the one aiohttp decodes and routes."""
     if "%" in raw_path or _DOT_SEGMENT.search(raw_path):
         code = "NAME_INVALID" if raw_path.startswith("/v2/") else "UNSUPPORTED"
-        return OCIError(400, code, "percent-encoding and dot segments are refused in paths")
+        raise OCIError(400, code, "percent-encoding and dot segments are refused in paths")
     target = classify(raw_path)
     if target.name is None:
-        return None
+        return target
     if not is_repository_name(target.name):
-        return OCIError(400, "NAME_INVALID", f"invalid repository name {target.name!r}")
+        raise OCIError(400, "NAME_INVALID", f"invalid repository name {target.name!r}")
     reference = target.reference or ""
     if target.kind in ("blob", "referrers") or (target.kind == "manifest" and ":" in reference):
         problem = stored_digest_error(reference)
-        return OCIError(400, "DIGEST_INVALID", problem) if problem else None
-    if target.kind == "manifest" and not is_tag(reference):
-        return OCIError(400, "TAG_INVALID", f"invalid tag {reference!r}")
-    return None
+        if problem:
+            raise OCIError(400, "DIGEST_INVALID", problem)
+    elif target.kind == "manifest" and not is_tag(reference):
+        raise OCIError(400, "TAG_INVALID", f"invalid tag {reference!r}")
+    return target
 
 
 def upstream_url(origin: URL, target: str) -> URL:
     """`origin` (the configured upstream: scheme, host, port) with an origin-form `target`
-    checked by `target_problem` or built by the proxy; nothing in `target` can change where the
+    checked by `checked_target` or built by the proxy; nothing in `target` can change where the
     request goes."""
     if not target.startswith("/") or target.startswith("//"):
         raise ValueError(f"not an origin-form target: {target!r}")

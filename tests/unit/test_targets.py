@@ -7,15 +7,33 @@ from hypothesis import given
 from hypothesis import strategies as st
 from yarl import URL
 
+from proxy.oci.errors import OCIError
 from proxy.oci.targets import (
     MAX_TARGET,
     ROUTE_CLASSES,
     Target,
+    checked_path,
+    checked_target,
     classify,
-    path_problem,
-    target_problem,
     upstream_url,
 )
+
+
+def target_problem(raw_target: str) -> OCIError | None:
+    try:
+        checked_target(raw_target)
+    except OCIError as problem:
+        return problem
+    return None
+
+
+def path_problem(raw_path: str) -> OCIError | None:
+    try:
+        checked_path(raw_path)
+    except OCIError as problem:
+        return problem
+    return None
+
 
 SHA = "sha256:" + "a" * 64
 
