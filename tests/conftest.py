@@ -31,6 +31,14 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
         yield started
 
 
+@pytest.fixture(scope="module")
+def own_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
+    """A registry of the test module's own, so its catalog holds only what those tests put
+    there (for walks of the whole catalog: reindex, prune)."""
+    with running_registry(tmp_path_factory.mktemp("own-registry")) as started:
+        yield started
+
+
 @pytest.fixture(scope="session")
 def auth_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
     """A registry that wants HTTP Basic credentials (htpasswd, bcrypt)."""

@@ -117,6 +117,14 @@ async def push_subject_image(http: aiohttp.ClientSession, base: str, repo: str) 
     return await push_image(http, base, repo, "v1")
 
 
+async def manifest_status(http: aiohttp.ClientSession, base: str, repo: str, reference: str) -> int:
+    """What `base` answers a GET of the manifest: 200 while it is there, 404 once gone."""
+    async with http.get(
+        f"{base}/v2/{repo}/manifests/{reference}", headers={"Accept": ACCEPT_MANIFESTS}
+    ) as answer:
+        return answer.status
+
+
 def legacy_tag(subject: bytes) -> str:
     """The tag oras, regctl and cosign use for a sha256 subject, written out independently of
     the proxy's own naming code."""

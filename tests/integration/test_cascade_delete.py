@@ -10,11 +10,11 @@ from aiohttp import web
 
 from proxy.config import FallbackMode
 from proxy.devstack.oci_client import (
-    ACCEPT_MANIFESTS,
     artifact_manifest,
     legacy_attach,
     legacy_tag,
     listed_referrers,
+    manifest_status,
     push_manifest,
     push_subject_image,
     settled_tag_index,
@@ -24,13 +24,6 @@ from proxy.devstack.processes import Redis, Registry
 from tests.conftest import StartProxy
 from tests.harness.fault_relay import Canned, running_relay
 from tests.integration.test_prune import run_prune
-
-
-async def status(http: aiohttp.ClientSession, base: str, repo: str, reference: str) -> int:
-    async with http.get(
-        f"{base}/v2/{repo}/manifests/{reference}", headers={"Accept": ACCEPT_MANIFESTS}
-    ) as answer:
-        return answer.status
 
 
 async def tree(http: aiohttp.ClientSession, proxy: str, registry: str, repo: str) -> list[bytes]:
@@ -63,10 +56,10 @@ async def test_cascade_delete_leaves_nothing_behind(
         assert deleted.status == 202
         assert deleted.headers["Referrers-Proxy-Cascade"] == "deleted=4, failed=0"
     for manifest in manifests:
-        assert await status(http, registry.url, repo, sha256(manifest)) == 404
+        assert await manifest_status(http, registry.url, repo, sha256(manifest)) == 404
         assert await listed_referrers(http, proxy, repo, manifest) == []
     for subject in manifests[:3]:  # its tag-schema index, if it had one
-        assert await status(http, registry.url, repo, legacy_tag(subject)) == 404
+        assert await manifest_status(http, registry.url, repo, legacy_tag(subject)) == 404
     async with http.get(f"{registry.url}/v2/{repo}/tags/list") as tags:
         assert (await tags.json())["tags"] in (None, []), "tags, keep tags, tag-schema tags"
     async with http.get(f"{proxy}/metrics") as page:
@@ -82,7 +75,7 @@ async def test_without_the_flag_a_delete_leaves_the_referrers(
     async with http.delete(f"{proxy}/v2/{repo}/manifests/{sha256(image)}") as deleted:
         assert deleted.status == 202
         assert "Referrers-Proxy-Cascade" not in deleted.headers
-    assert await status(http, registry.url, repo, sha256(sbom)) == 200
+    assert await manifest_status(http, registry.url, repo, sha256(sbom)) == 200
 
 
 async def test_a_refused_referrer_is_reported_and_left_for_prune(
@@ -106,10 +99,10 @@ async def test_a_refused_referrer_is_reported_and_left_for_prune(
             assert deleted.headers["Referrers-Proxy-Cascade"] == "deleted=3, failed=1"
         assert f"DELETE {refused}" in relay.seen
     for gone in (image, sbom, certificate, legacy):
-        assert await status(http, registry.url, repo, sha256(gone)) == 404
-    assert await status(http, registry.url, repo, sha256(signature)) == 200
+        assert await manifest_status(http, registry.url, repo, sha256(gone)) == 404
+    assert await manifest_status(http, registry.url, repo, sha256(signature)) == 200
 
     code, out, err = await run_prune("--upstream", registry.url, "--repository", repo, "--delete")
     assert code == 0, err
     assert f"deleting {repo}@{sha256(signature)} (subject {sha256(sbom)})" in out
-    assert await status(http, registry.url, repo, sha256(signature)) == 404
+    assert await manifest_status(http, registry.url, repo, sha256(signature)) == 404

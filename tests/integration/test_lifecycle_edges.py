@@ -9,11 +9,11 @@ import aiohttp
 import orjson
 
 from proxy.devstack.oci_client import (
-    ACCEPT_MANIFESTS,
     artifact_manifest,
     descriptor,
     legacy_tag,
     listed_referrers,
+    manifest_status,
     push_image,
     push_manifest,
     push_subject_image,
@@ -34,13 +34,6 @@ from tests.integration.test_prune import run_prune
 
 INDEX = "application/vnd.oci.image.index.v1+json"
 MANIFEST = "application/vnd.oci.image.manifest.v1+json"
-
-
-async def status(http: aiohttp.ClientSession, base: str, repo: str, reference: str) -> int:
-    async with http.get(
-        f"{base}/v2/{repo}/manifests/{reference}", headers={"Accept": ACCEPT_MANIFESTS}
-    ) as answer:
-        return answer.status
 
 
 async def test_review18_tag_delete_event_blocks_the_endpoint(
@@ -98,7 +91,9 @@ async def test_review18_stale_delete_event_hides_a_live_referrer(
     late = {"action": "delete", "target": {"digest": sha256(referrer), "repository": repo}}
     assert await post(http, proxy, orjson.dumps({"events": [late]})) == 202
     await asyncio.sleep(1.0)
-    assert await status(http, registry.url, repo, sha256(referrer)) == 200, "still in registry"
+    assert await manifest_status(http, registry.url, repo, sha256(referrer)) == 200, (
+        "still in registry"
+    )
     assert await listed_referrers(http, proxy, repo, image) == [sha256(referrer)]
 
 
@@ -119,7 +114,7 @@ async def test_review18_cascade_deletes_what_a_tag_schema_index_claims(
     assert tagged.status == 201
     async with http.delete(f"{proxy}/v2/{repo}/manifests/{sha256(image)}") as deleted:
         assert deleted.status == 202
-    assert await status(http, registry.url, repo, "prod") == 200, "an unrelated image went"
+    assert await manifest_status(http, registry.url, repo, "prod") == 200, "an unrelated image went"
 
 
 async def test_review18_prune_never_counts_an_unclear_answer_as_gone(
@@ -146,7 +141,7 @@ async def test_review18_prune_never_counts_an_unclear_answer_as_gone(
                 "--upstream", relayed, "--repository", repo, "--delete"
             )
         assert "orphans 0, deleted 0" in out, (canned, out, err)
-        assert await status(http, registry.url, repo, sha256(referrer)) == 200
+        assert await manifest_status(http, registry.url, repo, sha256(referrer)) == 200
     code, out, _ = await run_prune("--upstream", registry.url, "--repository", repo)
     assert "orphans 1" in out, out  # the control: a true answer does find it
 
@@ -169,6 +164,6 @@ async def test_review18_cascade_then_subject_refused_leaves_image_without_referr
         )
         async with http.delete(f"{proxy}{subject_path}") as deleted:
             header = deleted.headers.get("Referrers-Proxy-Cascade")
-    assert await status(http, registry.url, repo, sha256(image)) == 200, "subject stays"
-    remaining = await status(http, registry.url, repo, sha256(signature))
+    assert await manifest_status(http, registry.url, repo, sha256(image)) == 200, "subject stays"
+    remaining = await manifest_status(http, registry.url, repo, sha256(signature))
     assert remaining == 200 or header is not None, "signature deleted and client not told"

@@ -6,32 +6,23 @@ import asyncio
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import aiohttp
-import pytest
 
 from proxy.devstack.oci_client import (
-    ACCEPT_MANIFESTS,
     artifact_manifest,
     legacy_attach,
     legacy_tag,
     listed_referrers,
+    manifest_status,
     push_image,
     push_manifest,
     push_subject_image,
     sha256,
 )
-from proxy.devstack.processes import Redis, Registry, running_registry
+from proxy.devstack.processes import Redis, Registry
 from tests.conftest import StartProxy
-
-
-@pytest.fixture(scope="module")
-def own_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
-    """A registry of its own, so the catalog holds only what these tests put there."""
-    with running_registry(tmp_path_factory.mktemp("prune-registry")) as started:
-        yield started
 
 
 async def run_prune(*args: str) -> tuple[int, str, str]:
@@ -48,13 +39,6 @@ async def run_prune(*args: str) -> tuple[int, str, str]:
 
 def listed(out: str, verb: str) -> set[str]:
     return {line.split()[1] for line in out.splitlines() if line.startswith(verb + " ")}
-
-
-async def status(http: aiohttp.ClientSession, registry: str, repo: str, reference: str) -> int:
-    async with http.get(
-        f"{registry}/v2/{repo}/manifests/{reference}", headers={"Accept": ACCEPT_MANIFESTS}
-    ) as answer:
-        return answer.status
 
 
 async def test_prune_lists_then_deletes_exactly_the_orphans(
@@ -90,7 +74,7 @@ async def test_prune_lists_then_deletes_exactly_the_orphans(
     assert listed(out, "orphan") == orphans
     assert "dry run" in out
     assert "orphans 3, deleted 0," in out
-    assert await status(http, own_registry.url, repo, sha256(sbom)) == 200, "dry run"
+    assert await manifest_status(http, own_registry.url, repo, sha256(sbom)) == 200, "dry run"
 
     checkpoint = tmp_path / "prune.done"
     code, out, err = await run_prune(*args, "--delete", "--resume", str(checkpoint))
@@ -105,10 +89,10 @@ async def test_prune_lists_then_deletes_exactly_the_orphans(
     ), "deepest first"
     assert "errors 0" in out
     for m in (sbom, signature, legacy):
-        assert await status(http, own_registry.url, repo, sha256(m)) == 404
+        assert await manifest_status(http, own_registry.url, repo, sha256(m)) == 404
     for m in (gone, sbom):
-        assert await status(http, own_registry.url, repo, legacy_tag(m)) == 404
-    assert await status(http, own_registry.url, repo, sha256(kept)) == 200
+        assert await manifest_status(http, own_registry.url, repo, legacy_tag(m)) == 404
+    assert await manifest_status(http, own_registry.url, repo, sha256(kept)) == 200
     assert await listed_referrers(http, proxy, repo, gone) == []
     assert await listed_referrers(http, proxy, repo, kept_image) == [sha256(kept)]
     async with http.get(f"{own_registry.url}/v2/{repo}/tags/list") as tags:

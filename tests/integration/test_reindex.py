@@ -6,12 +6,10 @@ import asyncio
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import aiohttp
 import orjson
-import pytest
 import redis.asyncio as aioredis
 
 from proxy.config import FallbackMode, parse_upstream
@@ -26,18 +24,11 @@ from proxy.devstack.oci_client import (
     settled_tag_index,
     sha256,
 )
-from proxy.devstack.processes import Redis, Registry, running_registry
+from proxy.devstack.processes import Redis, Registry
 from proxy.index import RedisIndex
 from proxy.services.reindex import Reindexer
 from proxy.upstream.client import Answer, RegistryClient
 from tests.conftest import AUTH_PASSWORD, AUTH_USER, StartProxy
-
-
-@pytest.fixture(scope="module")
-def own_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
-    """A registry of its own, so the catalog holds only what these tests put there."""
-    with running_registry(tmp_path_factory.mktemp("reindex-registry")) as started:
-        yield started
 
 
 async def run_reindex(
