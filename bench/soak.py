@@ -16,7 +16,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import aiohttp
 import orjson
@@ -36,13 +36,48 @@ MiB = 1024 * 1024
 TAG_SETTLE = 30.0  # the proxy writes tag indexes behind attaches; a minute-long retry is a loss
 
 
-def process_sample(pid: int) -> tuple[int, int]:
-    """(resident bytes, open file descriptors) of a process."""
+class Sample(NamedTuple):
+    t: float  # seconds into the run
+    rss: int  # resident bytes
+    fds: int  # open file descriptors
+    connected: int  # of them, established TCP connections (clients, registry, Redis)
+
+    @property
+    def loose_fds(self) -> int:
+        """What no live connection explains: files, listeners, sockets left half-closed. Pools
+        warm up as the run's peak concurrency grows, so a leak shows here, not in `fds`."""
+        return self.fds - self.connected
+
+
+_ESTABLISHED = "01"
+
+
+def _established_sockets(pid: int) -> set[str]:
+    """The inodes of established TCP sockets in the process's network namespace."""
+    inodes: set[str] = set()
+    for table in ("tcp", "tcp6"):
+        lines = Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]
+        for fields in (line.split() for line in lines):
+            if fields[3] == _ESTABLISHED:
+                inodes.add(fields[9])
+    return inodes
+
+
+def process_sample(pid: int, t: float) -> Sample:
     rss = 0
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
             rss = int(line.split()[1]) * 1024
-    return rss, len(os.listdir(f"/proc/{pid}/fd"))
+    established = _established_sockets(pid)
+    fds = connected = 0
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        fds += 1
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except FileNotFoundError:
+            continue
+        connected += target.startswith("socket:[") and target[8:-1] in established
+    return Sample(t, rss, fds, connected)
 
 
 @dataclass
@@ -56,7 +91,7 @@ class SoakResult:
     lost_in_registry: int = 0
     resurrected: int = 0  # detached, yet still listed by the proxy or the registry's tag index
     tag_lag: float = 0.0  # seconds after the run until the registry's tag indexes were in step
-    samples: list[tuple[float, int, int]] = field(default_factory=list)  # (t, rss, fds)
+    samples: list[Sample] = field(default_factory=list)
 
     @property
     def server_errors(self) -> int:
@@ -74,14 +109,18 @@ class SoakResult:
             ("tag indexes in step after", f"{self.tag_lag:.1f} s"),
             ("detached yet still listed", str(self.resurrected)),
         ]
-        for label, (t, rss, fds) in zip(
-            ("start", "middle", "end"), self.steady_samples(), strict=False
-        ):
-            rows.append((f"proxy at {label} ({t:.0f} s)", f"RSS {rss / MiB:.1f} MiB, {fds} fds"))
+        for label, sample in zip(("start", "middle", "end"), self.steady_samples(), strict=False):
+            rows.append(
+                (
+                    f"proxy at {label} ({sample.t:.0f} s)",
+                    f"RSS {sample.rss / MiB:.1f} MiB, {sample.fds} fds"
+                    f" ({sample.connected} connections, {sample.loose_fds} other)",
+                )
+            )
         width = max(len(label) for label, _ in rows)
         return "\n".join(f"{label:<{width}}  {value}" for label, value in rows)
 
-    def steady_samples(self) -> list[tuple[float, int, int]]:
+    def steady_samples(self) -> list[Sample]:
         if not self.samples:
             return []
         return [self.samples[0], self.samples[len(self.samples) // 2], self.samples[-1]]
@@ -224,8 +263,7 @@ async def soak(
         async def sampler() -> None:
             while time.monotonic() < deadline:
                 await asyncio.sleep(max(seconds / 20, 0.2))
-                rss, fds = process_sample(pid)
-                result.samples.append((time.monotonic() - started, rss, fds))
+                result.samples.append(process_sample(pid, time.monotonic() - started))
 
         await asyncio.gather(sampler(), *(worker(n) for n in range(connections)))
         for name in names:

@@ -7,6 +7,7 @@ import asyncio
 import io
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -67,6 +68,19 @@ class Moved:
 
     def requests(self, method: str, route: str, status: int) -> float:
         return self("requests_total", method=method, route=route, status=str(status))
+
+
+async def moved_once(
+    http: aiohttp.ClientSession, proxy: str, before: Samples, done: Callable[[Moved], bool]
+) -> Moved:
+    """The proxy counts a write when it has read the answer, which can be after the registry
+    already shows it: poll (up to 10 s) rather than scrape once."""
+    for _ in range(500):
+        moved = Moved(before, await scrape(http, proxy))
+        if done(moved):
+            return moved
+        await asyncio.sleep(0.02)
+    return moved
 
 
 async def readiness(http: aiohttp.ClientSession, proxy: str) -> tuple[int, dict[str, Any]]:

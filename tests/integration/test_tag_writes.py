@@ -32,7 +32,7 @@ from proxy.devstack.processes import Redis, Registry, running_proxy
 from proxy.services import tag_writer
 from tests.conftest import StartProxy
 from tests.harness.fault_relay import Canned, running_relay
-from tests.integration.test_operations import Moved, scrape, value
+from tests.integration.test_operations import Moved, moved_once, scrape, value
 from tests.integration.test_reindex import run_reindex
 
 
@@ -76,6 +76,10 @@ async def test_attaches_do_not_wait_for_the_tag_and_share_its_writes(
         assert 1 <= len(puts) <= 3, f"30 attaches, {len(puts)} writes of the tag"
 
 
+def counted(result: str) -> Callable[[Moved], bool]:
+    return lambda moved: moved("tag_writes_total", result=result) >= 1
+
+
 async def test_a_busy_registry_is_retried_and_a_refusal_is_not(
     http: aiohttp.ClientSession,
     start_proxy: StartProxy,
@@ -92,17 +96,13 @@ async def test_a_busy_registry_is_retried_and_a_refusal_is_not(
         before = await scrape(http, proxy)
         sbom = await attach(http, proxy, repo, artifact_manifest(image))
         assert (await settled_tag_index(http, registry.url, repo, image, [sbom]))[0] == 200
-        retried = Moved(before, await scrape(http, proxy))
+        retried = await moved_once(http, proxy, before, counted("written"))
         assert retried("tag_writes_total", result="retried") >= 2, "the two 503s at least"
         assert retried("tag_writes_total", result="written") >= 1
 
         relay.answer(tag_request("PUT", image), Canned(403))
         late = await attach(http, proxy, repo, artifact_manifest(image, annotations={"n": "2"}))
-        for _ in range(1000):
-            refused = Moved(retried.after, await scrape(http, proxy))
-            if refused("tag_writes_total", result="refused"):
-                break
-            await asyncio.sleep(0.02)
+        refused = await moved_once(http, proxy, retried.after, counted("refused"))
         assert refused("tag_writes_total", result="refused") == 1
         assert refused("tag_writes_total", result="retried") == 0, "a refusal is final"
         assert [d["digest"] for d in (await read_tag_index(http, url, repo, image))[1]] == [sbom]
