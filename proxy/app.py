@@ -77,6 +77,7 @@ def _event_indexer(
     client: RegistryClient,
     index: IndexStore,
     writer: TagIndexWriter | None,
+    native: NativeSupport,
     metrics: Metrics,
 ) -> EventIndexer:
     """Registry events applied with the notifications credentials, which serve nothing else."""
@@ -90,6 +91,7 @@ def _event_indexer(
         index,
         writer,
         KeepTags(client, settings.keep_tags),
+        native,
         metrics,
         auth=auth,
         forget=_forgetter(app),
@@ -210,7 +212,7 @@ def make_app(
         )
         indexer = None
         if settings.notifications_token is not None:
-            indexer = _event_indexer(app, settings, client, store, writer, metrics)
+            indexer = _event_indexer(app, settings, client, store, writer, native, metrics)
             app[NOTIFICATIONS] = NotificationsApi(indexer, settings.notifications_token, metrics)
             indexer.start()
         yield

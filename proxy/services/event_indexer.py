@@ -6,7 +6,8 @@ endpoint until a delivery is acknowledged, so it must answer fast); one worker a
 events in arrival order. A push is applied the way a PUT through the proxy is, minus the PUT:
 the manifest is read back from the registry (so only what the registry holds is indexed, with
 the digest of its bytes), its keep tag written when it was pushed by digest, its descriptor
-recorded, its subject's tag-schema index brought in step. A delete forgets the referrer (and
+recorded, its subject's tag-schema index brought in step; a registry with the Referrers API
+lists it itself, and gets nothing written. A delete forgets the referrer (and
 the cached manifest). Both are idempotent: a repeated or late push finds the manifest gone, or
 records it again; a repeated delete forgets nothing more.
 """
@@ -30,6 +31,7 @@ from proxy.services.keep_tags import KeepTags
 from proxy.services.pull_access import proves_absent
 from proxy.services.tag_writer import TagIndexWriter
 from proxy.upstream.client import RegistryClient
+from proxy.upstream.native import NativeSupport
 
 log = logging.getLogger(__name__)
 QUEUE_CAPACITY = 10_000  # events; past it the endpoint answers 503 and Distribution retries
@@ -45,6 +47,7 @@ class EventIndexer:
         index: IndexStore,
         writer: TagIndexWriter | None,
         keep_tags: KeepTags,
+        native: NativeSupport,
         metrics: Metrics,
         *,
         auth: str | None,
@@ -56,6 +59,7 @@ class EventIndexer:
         self.index = index
         self.writer = writer
         self.keep_tags = keep_tags
+        self.native = native
         self.metrics = metrics
         self.auth = auth  # --notifications-credentials-file: for these calls only
         self.forget = forget
@@ -141,6 +145,9 @@ class EventIndexer:
             return "ignored"
         if referrer.digest != event.digest:
             raise UpstreamRefused(f"{name}@{event.digest}: other bytes read back", 502)
+        if await self.native.for_write(name, referrer.subject, self.auth):
+            log.info("registry event: %s in %s listed by the registry itself", event.digest, name)
+            return "ignored"
         if event.tag is None and self.keep_tags.enabled:
             # A refused keep tag is logged; the referrer is pushed all the same: index it
             # (`reindex` adds the keep tag later).

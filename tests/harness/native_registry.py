@@ -48,6 +48,7 @@ class NativeRegistry:
     repositories: dict[str, Repository] = field(default_factory=dict)
     writes: list[tuple[str, str]] = field(default_factory=list)  # (method, path), in order
     referrers_queries: int = 0  # asked or not
+    credentials: tuple[str, ...] = (TOKEN,)  # the Authorization values it accepts
 
     def writes_to(self, name: str) -> list[tuple[str, str]]:
         prefix = f"/v2/{name}/"
@@ -60,7 +61,7 @@ class NativeRegistry:
             return web.json_response({})
         if "/referrers/" in request.path:
             self.referrers_queries += 1
-        if request.headers.get("Authorization") != TOKEN:
+        if request.headers.get("Authorization") not in self.credentials:
             return web.Response(status=401, headers=CHALLENGE)
         head, sep, tail = request.path.removeprefix("/v2/").rpartition("/")
         name, _, kind = head.rpartition("/")

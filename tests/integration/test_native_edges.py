@@ -1,11 +1,12 @@
 """Edges of a native upstream found by review: legacy-artifacts never deletes what is not its own
 (a multi-arch image tagged like a digest, a tag whose siblings are unknown, a tag only named
 like a keep tag); a native answer is not undone by one 404; a PUT a native registry did not
-record is recorded by the proxy."""
+record is recorded by the proxy; a registry's push event is left to the registry it came from."""
 
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import aiohttp
 import orjson
@@ -13,12 +14,23 @@ from aiohttp import web
 from yarl import URL
 
 from proxy.config import Settings
-from proxy.devstack.oci_client import INDEX, MANIFEST, artifact_manifest, push_manifest, sha256
+from proxy.devstack.oci_client import (
+    INDEX,
+    MANIFEST,
+    artifact_manifest,
+    basic_auth,
+    push_manifest,
+    sha256,
+)
+from proxy.oci.manifest import IMAGE_MANIFEST
 from proxy.services.legacy_cleanup import legacy_artifacts
 from tests.conftest import StartProxy
 from tests.harness.native_registry import AUTH, TOKEN, NativeRegistry, running_native_registry
+from tests.integration.test_notifications import within
+from tests.integration.test_operations import scrape, value
 
 SUBJECT = b'{"schemaVersion":2}'
+RESULTS = ("indexed", "forgotten", "ignored", "failed")  # of a registry event
 
 
 async def tags(http: aiohttp.ClientSession, base: str, repo: str) -> list[str]:
@@ -238,3 +250,41 @@ async def test_delete_is_refused_when_the_native_proof_is_a_challenge_or_an_erro
                     out=io.StringIO(),
                 )
             assert await tags(http, url, "app") == [schema_tag]
+
+
+async def test_a_push_event_from_a_native_registry_writes_nothing_there(
+    http: aiohttp.ClientSession, start_proxy: StartProxy, tmp_path: Path
+) -> None:
+    """A referrer pushed straight at a registry with the Referrers API, which notifies the proxy:
+    the registry lists it itself, so the event adds no keep tag, no tag-schema index and no
+    record of the proxy's (which would list it twice once the registry pages)."""
+    credentials = tmp_path / "notifier"
+    credentials.write_text("notifier:secret\n")
+    notifier = basic_auth("notifier", "secret")["Authorization"]
+    registry = NativeRegistry(native=True, credentials=(TOKEN, notifier))
+    async with running_native_registry(registry) as (registry, url):
+        proxy = await start_proxy(
+            url, notifications_token="events", notifications_credentials_file=str(credentials)
+        )
+        assert (await push_manifest(http, url, "app", SUBJECT, "v1", headers=AUTH)).status == 201
+        referrer = artifact_manifest(SUBJECT)
+        assert (await push_manifest(http, url, "app", referrer, headers=AUTH)).status == 201
+        pushed = registry.writes_to("app")
+        target = {"mediaType": IMAGE_MANIFEST, "digest": sha256(referrer), "repository": "app"}
+        event = orjson.dumps({"events": [{"action": "push", "target": target}]})
+        async with http.post(
+            f"{proxy}/notifications",
+            data=event,
+            headers={"Authorization": "Bearer events", "Content-Type": "application/json"},
+        ) as answer:
+            assert answer.status == 202
+
+        async def applied() -> bool:
+            samples = await scrape(http, proxy)
+            return any(value(samples, "notification_events_total", result=r) for r in RESULTS)
+
+        await within(5.0, applied)
+        ignored = value(await scrape(http, proxy), "notification_events_total", result="ignored")
+        assert ignored == 1, "the registry lists it itself"
+        assert registry.writes_to("app") == pushed, "nothing of the proxy's written there"
+        assert await listed(http, proxy, "app", sha256(SUBJECT)) == [sha256(referrer)]

@@ -37,6 +37,7 @@ from proxy.metrics import Metrics
 from proxy.services.event_indexer import EventIndexer
 from proxy.services.keep_tags import KeepTags
 from proxy.upstream.client import RegistryClient
+from proxy.upstream.native import NativeSupport
 from tests.conftest import AUTH_PASSWORD, AUTH_USER, StartProxy
 
 log = logging.getLogger(__name__)
@@ -208,6 +209,7 @@ async def test_a_full_queue_answers_503_and_takes_nothing(
             EmbeddedIndex(),
             None,
             KeepTags(client, True),
+            NativeSupport(client, False),
             metrics,
             auth=None,
             forget=lambda name, digest: asyncio.sleep(0),
