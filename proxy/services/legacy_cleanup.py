@@ -25,16 +25,12 @@ from proxy.oci.errors import UpstreamRefused
 from proxy.oci.legacy_tags import LegacyKind, legacy_kind, tag_subject, why_not_by_digest
 from proxy.oci.manifest import ManifestInvalid, Referrer, inspect_manifest
 from proxy.oci.tagschema import TagIndexInvalid, keep_tag_digest, parse_tag_index
-from proxy.upstream.client import ACCEPT_MANIFESTS, RegistryClient
+from proxy.upstream.client import ACCEPT_MANIFESTS, MAX_LIST_BODY, RegistryClient
 from proxy.upstream.native import ZERO_DIGEST, ask_native
 from proxy.upstream.session import open_session
 
 log = logging.getLogger(__name__)
 CONCURRENCY = 16  # tags resolved at once
-MAX_BODY = 64 * 1024 * 1024  # catalog and tag lists can be far larger than a manifest
-
-
-INCOMPLETE: dict[str, set[str]] = {}  # a repository's tags not all read: delete by digest none
 
 
 class CleanupRefused(Exception):
@@ -102,7 +98,8 @@ class LegacyCleanup:
         errors = self.summary.errors
         tags = [tag async for tag in self._pages(f"/v2/{name}/tags/list", "tags")]
         # Which other tags a delete by digest would take is known only from a complete list.
-        by_digest: dict[str, set[str]] | None = INCOMPLETE if self.summary.errors > errors else None
+        complete = self.summary.errors == errors
+        by_digest: dict[str, set[str]] | None = None
         for tag in sorted(tags):
             kind = legacy_kind(tag)
             if kind is None or self.only not in (None, kind):
@@ -121,13 +118,14 @@ class LegacyCleanup:
             if gone.status not in (400, 405):  # what registries that delete by digest only say
                 self._count_removed(name, tag, gone.status)
                 continue
-            if by_digest is None:
+            if by_digest is None and complete:
                 by_digest = await self._tags_by_digest(name, tags)
+                complete = by_digest is not None
             reason = (
-                "not every tag of the repository could be read: which others name the same"
+                why_not_by_digest(kind, tag, digest, by_digest)
+                if by_digest is not None
+                else "not every tag of the repository could be read: which others name the same"
                 " manifest is unknown"
-                if by_digest is INCOMPLETE
-                else why_not_by_digest(kind, tag, digest, by_digest)
             )
             if reason is not None:
                 log.warning("%s:%s left: %s", name, tag, reason)
@@ -189,9 +187,9 @@ class LegacyCleanup:
             return False
         return True
 
-    async def _tags_by_digest(self, name: str, tags: list[str]) -> dict[str, set[str]]:
-        """Which tags name each manifest (HEAD each tag, CONCURRENCY at a time); INCOMPLETE when
-        one of them could not be read."""
+    async def _tags_by_digest(self, name: str, tags: list[str]) -> dict[str, set[str]] | None:
+        """Which tags name each manifest (HEAD each tag, CONCURRENCY at a time); None when one
+        of them could not be read."""
         found: dict[str, set[str]] = {}
         unread: list[str] = []
         heads = asyncio.Semaphore(CONCURRENCY)
@@ -214,7 +212,7 @@ class LegacyCleanup:
         if unread:
             log.warning("%s: %d tags unreadable (%s, ...)", name, len(unread), unread[0])
             self.summary.errors += 1
-            return INCOMPLETE
+            return None
         return found
 
 
@@ -229,7 +227,7 @@ async def legacy_artifacts(
     out: TextIO = sys.stdout,
 ) -> Summary:
     async with open_session(settings) as session:
-        client = RegistryClient(session, settings.upstream, max_body=MAX_BODY)
+        client = RegistryClient(session, settings.upstream, max_body=MAX_LIST_BODY)
         cleanup = LegacyCleanup(client, auth=auth, delete=delete, out=out, only=only)
         await cleanup.run(repositories, force=force)
     verb = "" if delete else " (dry run: --delete to remove)"

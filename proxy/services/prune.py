@@ -24,13 +24,12 @@ from proxy.oci.orphans import hanging_from, subjects_to_check
 from proxy.oci.tagschema import is_tag_schema_name, tag_name
 from proxy.services.pull_access import proves_absent
 from proxy.services.reindex import (
-    REINDEX_MAX_BODY,
     Reindexer,
     Summary,
     _Repository,
     checkpointed,
 )
-from proxy.upstream.client import RegistryClient
+from proxy.upstream.client import MAX_LIST_BODY, RegistryClient
 from proxy.upstream.session import open_session
 
 log = logging.getLogger(__name__)
@@ -150,7 +149,7 @@ async def prune(
     the index too; the embedded index of a running proxy forgets them when it restarts."""
     index = open_index(settings) if settings.uses_redis else None
     async with open_session(settings) as session:
-        client = RegistryClient(session, settings.upstream, max_body=REINDEX_MAX_BODY)
+        client = RegistryClient(session, settings.upstream, max_body=MAX_LIST_BODY)
         walker = Pruner(client, index, auth=auth, delete=delete, out=out)
         try:
             await checkpointed(walker.run(repositories, done), marks)

@@ -25,7 +25,7 @@ from typing import Any, TextIO
 import orjson
 from aiohttp import hdrs
 
-from proxy.config import MiB, Settings
+from proxy.config import Settings
 from proxy.index import IndexStore, open_index
 from proxy.oci.errors import UpstreamRefused
 from proxy.oci.manifest import (
@@ -44,13 +44,12 @@ from proxy.oci.tagschema import (
     parse_tag_index,
 )
 from proxy.services.keep_tags import KeepTags
-from proxy.upstream.client import MAX_PAGES, RegistryClient
+from proxy.upstream.client import MAX_LIST_BODY, MAX_PAGES, RegistryClient
 from proxy.upstream.native import ZERO_DIGEST, ask_native
 from proxy.upstream.session import open_session
 
 log = logging.getLogger(__name__)
 BAR_WIDTH = 24
-REINDEX_MAX_BODY = 64 * MiB  # catalog and tag lists can be far larger than a manifest
 CONCURRENCY = 16  # manifests read at once
 SHOW_EVERY = 500  # manifests between progress lines within one repository
 _CHILD_LISTS = frozenset({IMAGE_INDEX, "application/vnd.docker.distribution.manifest.list.v2+json"})
@@ -323,7 +322,7 @@ async def reindex(
             " (--keep-tags false to only count)"
         )
     async with open_session(settings) as session:
-        client = RegistryClient(session, settings.upstream, max_body=REINDEX_MAX_BODY)
+        client = RegistryClient(session, settings.upstream, max_body=MAX_LIST_BODY)
         walker = Reindexer(
             client,
             index,

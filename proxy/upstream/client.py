@@ -72,6 +72,7 @@ def _next_page(response: aiohttp.ClientResponse) -> str | None:
 
 
 MAX_PAGES = 10_000  # of one list: a registry whose next page never ends is cut here
+MAX_LIST_BODY = 64 * 1024 * 1024  # a catalog or tag list page can be far larger than a manifest
 
 
 class RegistryClient:
