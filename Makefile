@@ -87,7 +87,7 @@ lint: $(VENV)/.test-installed
 	$(BIN)/mypy --strict proxy
 
 test: lint test-system-deps container-deps
-	$(BIN)/pytest -ra
+	$(BIN)/pytest -ra --durations=12
 
 # The long soak: mixed traffic through a real proxy for SOAK_SECONDS, then a summary table.
 SOAK_SECONDS ?= 120

@@ -63,9 +63,12 @@ done
 echo "wheelhouse ready in $((SECONDS - started)) s"
 
 started=$SECONDS
-docker build --quiet -f deploy/Dockerfile -t "$image" \
-  --build-arg PYTHON_IMAGE="$prefix/python:bookworm" \
-  --build-arg PIP_INSTALL_ARGS="--no-index --find-links /wheels" . >/dev/null
+build_args=(-f deploy/Dockerfile --build-arg PYTHON_IMAGE="$prefix/python:bookworm"
+  --build-arg PIP_INSTALL_ARGS="--no-index --find-links /wheels")
+# The build stage is tagged too: untagged, the prune below would take it, and with it the cache
+# that lets an unchanged tree rebuild in seconds.
+docker build --quiet "${build_args[@]}" --target build -t "$image-build" . >/dev/null
+docker build --quiet "${build_args[@]}" -t "$image" . >/dev/null
 echo "built $image in $((SECONDS - started)) s ($(docker image inspect -f '{{.Size}}' "$image") bytes)"
-# Each rebuild leaves the previous proxy image untagged; vfs keeps every one whole on disk.
+# Each rebuild leaves the previous images untagged; vfs keeps every one whole on disk.
 docker image prune --force >/dev/null
