@@ -64,6 +64,9 @@ app.kubernetes.io/component: redis
 {{- if and (or (gt (int .Values.replicaCount) 1) .Values.autoscaling.enabled) (not (include "referrers-proxy.hasRedis" .)) }}
 {{- fail "more than one replica needs Redis (redis.enabled, redis.url or redis.existingSecret): the embedded index lives in one process" }}
 {{- end }}
+{{- if and (gt (int .Values.workers) 1) (not (include "referrers-proxy.hasRedis" .)) }}
+{{- fail "more than one worker needs Redis (redis.enabled, redis.url or redis.existingSecret): the embedded index lives in one process" }}
+{{- end }}
 {{- if and .Values.redis.enabled (or .Values.redis.url .Values.redis.existingSecret) }}
 {{- fail "redis.enabled runs a Redis in the chart: leave redis.url and redis.existingSecret empty, or disable it" }}
 {{- end }}
@@ -151,6 +154,8 @@ app.kubernetes.io/component: redis
       value: {{ .Values.logFormat | quote }}
     - name: REFERRERS_PROXY_SHUTDOWN_GRACE
       value: {{ .Values.shutdownGraceSeconds | quote }}
+    - name: REFERRERS_PROXY_WORKERS
+      value: {{ .Values.workers | quote }}
     {{- if .Values.redis.enabled }}
     - name: REFERRERS_PROXY_REDIS_URL
       value: "redis://{{ include "referrers-proxy.redisName" . }}:6379/0"

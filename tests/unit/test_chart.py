@@ -111,6 +111,7 @@ def test_in_chart_redis_is_wired_to_every_replica() -> None:
         d for d in of_kind(docs, "Deployment") if _has_proxy(d["spec"]["template"]["spec"])
     ]
     assert deployment["spec"]["replicas"] == 3
+    assert env(proxy_container(docs))["REFERRERS_PROXY_WORKERS"] == "2"
     redis_services = [s for s in of_kind(docs, "Service") if "redis" in s["metadata"]["name"]]
     (redis_service,) = redis_services
     url = env(proxy_container(docs))["REFERRERS_PROXY_REDIS_URL"]
@@ -179,6 +180,8 @@ SENTINEL = {"hosts": ["s:26379"], "masterName": "mymaster"}
     [
         {"replicaCount": 2},
         {"replicaCount": "two"},
+        {"workers": 2},
+        {"workers": 0},
         {"mode": "standalone"},
         {"mode": "elsewhere"},
         {"autoscaling": {"enabled": True}},
@@ -209,6 +212,7 @@ def test_the_schema_refuses_bad_values(override: Doc) -> None:
     ("override", "message"),
     [
         ({"replicaCount": 2}, "more than one replica needs Redis"),
+        ({"workers": 2}, "more than one worker needs Redis"),
         ({"mode": "standalone"}, "mode standalone needs upstream"),
         ({"upstream": "http://elsewhere:5000"}, "leave upstream empty"),
         (
