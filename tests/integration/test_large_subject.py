@@ -42,7 +42,8 @@ async def walk(http: aiohttp.ClientSession, proxy: str, repo: str, subject: str)
     raise AssertionError("pagination did not end")
 
 
-# 20,000 referrers take ~90 s alone and twice that on a shared machine; the limit is for hangs.
+# 20,000 referrers take ~90 s alone with the registry's storage on a tmpfs (`make test`), up to
+# twice that on a disk or a shared machine; the limit is for hangs.
 @pytest.mark.timeout(420)
 async def test_twenty_thousand_referrers_on_one_subject(
     http: aiohttp.ClientSession, redis_server: Redis, tmp_path: Path
