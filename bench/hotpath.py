@@ -1,6 +1,6 @@
-"""The hot path (issue 16): manifest GET by digest direct, through the proxy without and with its
-manifest cache, and through the nginx front; referrers GET and blob GET through the front against
-the proxy.
+"""The hot path (issue 16): manifest GET (and HEAD) by digest direct, through the proxy without
+and with its manifest cache, and through the nginx front; referrers GET and blob GET through the
+front against the proxy.
 Every row carries the CPU each process spent per request (ms), measured in the same run."""
 
 from __future__ import annotations
@@ -71,11 +71,17 @@ async def run(stack: Stack, plan: Plan) -> list[Row]:
             "front": {**stack.pids(plain), "front": worker},  # the proxy: referrers only
         }
         rates = {side: _Side() for side in SIDES}
+        heads = {side: _Side() for side in SIDES}
         latency = {side: _Side() for side in SIDES}
         referrers = {side: _Side() for side in ("proxy", "front")}
 
         async def measure(
-            side: str, connections: int, into: _Side, keep: bool = True, target: str = path
+            side: str,
+            connections: int,
+            into: _Side,
+            keep: bool = True,
+            target: str = path,
+            method: str = "GET",
         ) -> None:
             meter = CpuMeter(pids[side])
             async with meter.measuring():
@@ -83,6 +89,7 @@ async def run(stack: Stack, plan: Plan) -> list[Row]:
                     bases[side] + target,
                     connections=connections,
                     seconds=plan.seconds,
+                    method=method,
                     headers={"Accept": ACCEPT_MANIFESTS},
                 )
             if keep:
@@ -101,6 +108,7 @@ async def run(stack: Stack, plan: Plan) -> list[Row]:
             print(f"  hotpath: round {n + 1}/{plan.rounds}", flush=True)
             for side in SIDES:
                 await measure(side, 8, rates[side])
+                await measure(side, 8, heads[side], method="HEAD")
                 await measure(side, 1, latency[side])
             for side in ("proxy", "front"):
                 await measure(side, 8, referrers[side], target=f"/v2/{REPO}/referrers/{digest}")
@@ -113,23 +121,23 @@ async def run(stack: Stack, plan: Plan) -> list[Row]:
                 blobs[side].append(moved.bytes_per_second / 1e6)
                 blob_cpu[side].append(meter.shares)
     rows = []
-    direct = rates["direct"]
     for side in SIDES[1:]:
-        extra = {
-            **{f"direct_{k}": v for k, v in medians(direct.cpu).items()},
-            **medians(rates[side].cpu),
-        }
-        rows.append(
-            Row(
-                SCENARIO,
-                f"manifest GET by digest, 8 conn, rate: {side}",
-                "req/s",
-                Samples.of(rates[side].rate),
-                Samples.of(direct.rate),
-                TARGETS[side],
-                extra,
+        for method, measured in (("GET", rates), ("HEAD", heads)):
+            direct = measured["direct"]
+            rows.append(
+                Row(
+                    SCENARIO,
+                    f"manifest {method} by digest, 8 conn, rate: {side}",
+                    "req/s",
+                    Samples.of(measured[side].rate),
+                    Samples.of(direct.rate),
+                    TARGETS[side],
+                    {
+                        **{f"direct_{k}": v for k, v in medians(direct.cpu).items()},
+                        **medians(measured[side].cpu),
+                    },
+                )
             )
-        )
         rows.append(
             Row(
                 SCENARIO,
