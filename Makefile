@@ -86,10 +86,16 @@ lint: $(VENV)/.test-installed
 	$(BIN)/ruff format --check proxy tests bench deploy
 	$(BIN)/mypy --strict proxy
 
-# The tests' files, the registries' storage among them, in RAM where /dev/shm is a tmpfs:
-# Distribution fsyncs every file it writes (strace: ~5 fsyncs a manifest PUT), and on a disk
-# the 20,000-referrer test took 138-197 s instead of 87. Removed after a passing run only.
-TEST_TMP ?= $(if $(wildcard /dev/shm/.),/dev/shm/referrers-proxy-tests-$(shell printf %s '$(CURDIR)' | cksum | cut -d' ' -f1))
+# The tests' files, the registries' storage among them, in RAM where /dev/shm is a writable
+# tmpfs with 4 GiB free (the suite peaked at 1.1 GiB): Distribution fsyncs every file it writes
+# (strace: ~5 fsyncs a manifest PUT), and on a disk the 20,000-referrer test took 138-197 s
+# instead of 87. Elsewhere (a container's 64 MiB /dev/shm) pytest's own temporary directory.
+# Removed after a passing run only.
+SHM_NEED_KIB := 4194304
+TEST_TMP ?= $(shell d=/dev/shm; [ -d $$d ] && [ -w $$d ] \
+  && [ "$$(stat -f -c %T $$d)" = tmpfs ] \
+  && [ "$$(df -Pk $$d | awk 'NR==2 {print $$4}')" -ge $(SHM_NEED_KIB) ] \
+  && echo $$d/referrers-proxy-tests-$$(printf %s '$(CURDIR)' | cksum | cut -d' ' -f1))
 test: lint test-system-deps container-deps
 	$(BIN)/pytest -ra --durations=12 $(if $(TEST_TMP),--basetemp=$(TEST_TMP))
 	$(if $(TEST_TMP),rm -rf $(TEST_TMP))
