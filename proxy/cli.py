@@ -476,7 +476,8 @@ def _legacy_command(args: argparse.Namespace, environ: Mapping[str, str]) -> Leg
 
 
 def _run_legacy(command: LegacyCommand) -> int:
-    from proxy.services.legacy_cleanup import CleanupRefused, legacy_artifacts
+    from proxy.services.legacy_cleanup import legacy_artifacts
+    from proxy.services.registry_lists import WalkRefused
 
     try:
         summary = asyncio.run(
@@ -489,7 +490,7 @@ def _run_legacy(command: LegacyCommand) -> int:
                 only=command.only,
             )
         )
-    except CleanupRefused as exc:
+    except WalkRefused as exc:
         sys.stderr.write(f"referrers-proxy legacy-artifacts: {exc}\n")
         return 1
     return 1 if summary.errors else 0
@@ -498,7 +499,8 @@ def _run_legacy(command: LegacyCommand) -> int:
 def _run_walk(name: str, command: ReindexCommand, delete: bool) -> int:
     """`reindex`, or `prune` (dry run unless `delete`)."""
     from proxy.services.prune import prune
-    from proxy.services.reindex import ReindexFailed, reindex
+    from proxy.services.registry_lists import WalkRefused
+    from proxy.services.reindex import reindex
 
     done = set()
     if command.resume is not None and command.resume.exists():
@@ -525,7 +527,7 @@ def _run_walk(name: str, command: ReindexCommand, delete: bool) -> int:
     )
     try:
         summary = asyncio.run(walk)
-    except ReindexFailed as exc:
+    except WalkRefused as exc:
         sys.stderr.write(f"referrers-proxy {name}: {exc}\n")
         return 1
     finally:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import TextIO
 
@@ -21,10 +20,11 @@ import orjson
 from aiohttp import hdrs
 
 from proxy.config import Settings
-from proxy.oci.errors import UpstreamRefused
 from proxy.oci.legacy_tags import LegacyKind, legacy_kind, tag_subject, why_not_by_digest
 from proxy.oci.manifest import ManifestInvalid, Referrer, inspect_manifest
 from proxy.oci.tagschema import TagIndexInvalid, keep_tag_digest, parse_tag_index
+from proxy.services import registry_lists
+from proxy.services.registry_lists import WalkRefused
 from proxy.upstream.client import ACCEPT_MANIFESTS, MAX_LIST_BODY, RegistryClient
 from proxy.upstream.native import ZERO_DIGEST, ask_native
 from proxy.upstream.session import open_session
@@ -33,8 +33,8 @@ log = logging.getLogger(__name__)
 CONCURRENCY = 16  # tags resolved at once
 
 
-class CleanupRefused(Exception):
-    """The run cannot start: the catalog was refused, or deleting needs --force."""
+class CleanupRefused(WalkRefused):
+    """Deleting needs --force: the registry does not prove it answers the Referrers API."""
 
 
 @dataclass
@@ -70,9 +70,7 @@ class LegacyCleanup:
         self.summary = Summary()
 
     async def run(self, repositories: list[str], *, force: bool = False) -> None:
-        names = repositories or [
-            name async for name in self._pages("/v2/_catalog?n=1000", "repositories")
-        ]
+        names = await registry_lists.repositories(self.client, repositories, self.auth)
         if self.delete and names and not force:
             native = await ask_native(self.client, names[0], ZERO_DIGEST, self.auth)
             if native is not True:
@@ -83,22 +81,10 @@ class LegacyCleanup:
         for name in names:
             await self._repository(name)
 
-    async def _pages(self, path: str, key: str) -> AsyncIterator[str]:
-        """A list's items; a refused catalog ends the run, a refused tag list one repository."""
-        try:
-            async for item in self.client.listed(path, key, self.auth):
-                yield item
-        except UpstreamRefused as exc:
-            if key == "repositories":
-                raise CleanupRefused(str(exc)) from exc
-            log.warning("%s", exc)
-            self.summary.errors += 1
-
     async def _repository(self, name: str) -> None:
-        errors = self.summary.errors
-        tags = [tag async for tag in self._pages(f"/v2/{name}/tags/list", "tags")]
         # Which other tags a delete by digest would take is known only from a complete list.
-        complete = self.summary.errors == errors
+        tags, complete = await registry_lists.tags(self.client, name, self.auth)
+        self.summary.errors += not complete
         by_digest: dict[str, set[str]] | None = None
         for tag in sorted(tags):
             kind = legacy_kind(tag)

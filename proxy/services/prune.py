@@ -23,12 +23,8 @@ from proxy.oci.manifest import Referrer
 from proxy.oci.orphans import hanging_from, subjects_to_check
 from proxy.oci.tagschema import is_tag_schema_name, tag_name
 from proxy.services.pull_access import proves_absent
-from proxy.services.reindex import (
-    Reindexer,
-    Summary,
-    _Repository,
-    checkpointed,
-)
+from proxy.services.registry_lists import Repository
+from proxy.services.reindex import Reindexer, Summary, checkpointed
 from proxy.upstream.client import MAX_LIST_BODY, RegistryClient
 from proxy.upstream.session import open_session
 
@@ -67,18 +63,18 @@ class Pruner(Reindexer):
         self._subject_of: defaultdict[str, dict[str, str]] = defaultdict(dict)
         self._schema_tags: defaultdict[str, set[str]] = defaultdict(set)
 
-    async def _tag(self, repo: _Repository, tag: str, depth: int) -> None:
+    async def _tag(self, repo: Repository, tag: str, depth: int) -> None:
         if is_tag_schema_name(tag):
             self._schema_tags[repo.name].add(tag)
         await super()._tag(repo, tag, depth)
 
     async def _found(
-        self, repo: _Repository, referrer: Referrer, body: bytes, content_type: str
+        self, repo: Repository, referrer: Referrer, body: bytes, content_type: str
     ) -> None:
         self._subject_of[repo.name][referrer.digest] = referrer.subject
         self.counts.referrers += 1
 
-    async def _repository(self, repo: _Repository) -> None:
+    async def _repository(self, repo: Repository) -> None:
         await super()._repository(repo)
         subject_of = self._subject_of.pop(repo.name, {})
         schema_tags = self._schema_tags.pop(repo.name, set())

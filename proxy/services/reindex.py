@@ -19,7 +19,7 @@ import asyncio
 import logging
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, TextIO
 
 import orjson
@@ -43,7 +43,9 @@ from proxy.oci.tagschema import (
     keep_tag_digest,
     parse_tag_index,
 )
+from proxy.services import registry_lists
 from proxy.services.keep_tags import KeepTags
+from proxy.services.registry_lists import Repository
 from proxy.upstream.client import MAX_LIST_BODY, MAX_PAGES, RegistryClient
 from proxy.upstream.native import ZERO_DIGEST, ask_native
 from proxy.upstream.session import open_session
@@ -53,10 +55,6 @@ BAR_WIDTH = 24
 CONCURRENCY = 16  # manifests read at once
 SHOW_EVERY = 500  # manifests between progress lines within one repository
 _CHILD_LISTS = frozenset({IMAGE_INDEX, "application/vnd.docker.distribution.manifest.list.v2+json"})
-
-
-class ReindexFailed(Exception):
-    """The walk cannot start: the registry refused the catalog."""
 
 
 @dataclass
@@ -74,15 +72,6 @@ class Summary:
             f" indexed {self.referrers}, keep tags added {self.keep_tags}, errors {self.errors},"
             f" resumed past {self.skipped}"
         )
-
-
-@dataclass
-class _Repository:
-    name: str
-    position: int
-    total: int
-    seen: set[str] = field(default_factory=set)
-    kept: set[str] = field(default_factory=set)  # referrer digests that have a keep tag
 
 
 class Reindexer:
@@ -109,9 +98,7 @@ class Reindexer:
 
     async def run(self, repositories: list[str], done: set[str]) -> AsyncIterator[str]:
         """Index each repository; yields each name once it is finished (for checkpoints)."""
-        names = repositories or [
-            name async for name in self._pages("/v2/_catalog?n=1000", "repositories")
-        ]
+        names = await registry_lists.repositories(self.client, repositories, self.auth)
         if names and await ask_native(self.client, names[0], ZERO_DIGEST, self.auth):
             # The registry keeps its referrers itself: nothing of the proxy's is written there.
             log.info("the registry answers the Referrers API: no keep tags are added")
@@ -122,14 +109,14 @@ class Reindexer:
             if name in done:
                 self.summary.skipped += 1
                 continue
-            repo = _Repository(name, position, len(names))
+            repo = Repository(name, position, len(names))
             self._show(repo)
             await self._repository(repo)
             self.summary.repositories += 1
             yield name
         self.progress.write("\n" if self.progress.isatty() else "")
 
-    def _show(self, repo: _Repository) -> None:
+    def _show(self, repo: Repository) -> None:
         filled = BAR_WIDTH * repo.position // max(repo.total, 1)
         bar = "#" * filled + "." * (BAR_WIDTH - filled)
         text = f"[{bar}] {repo.position}/{repo.total} {repo.name}: {self.summary.line()}"
@@ -139,19 +126,9 @@ class Reindexer:
             self.progress.write(text + "\n")
         self.progress.flush()
 
-    async def _pages(self, path: str, key: str) -> AsyncIterator[str]:
-        """A list's items; a refused catalog ends the run, a refused tag list one repository."""
-        try:
-            async for item in self.client.listed(path, key, self.auth):
-                yield item
-        except UpstreamRefused as exc:
-            if key == "repositories":
-                raise ReindexFailed(str(exc)) from exc
-            log.warning("%s", exc)
-            self.summary.errors += 1
-
-    async def _repository(self, repo: _Repository) -> None:
-        tags = [tag async for tag in self._pages(f"/v2/{repo.name}/tags/list", "tags")]
+    async def _repository(self, repo: Repository) -> None:
+        tags, complete = await registry_lists.tags(self.client, repo.name, self.auth)
+        self.summary.errors += not complete
         # A keep tag names its referrer: read by digest, so a referrer a tag-schema index also
         # lists is read (and counted) once.
         repo.kept = {digest for digest in map(keep_tag_digest, tags) if digest is not None}
@@ -159,9 +136,9 @@ class Reindexer:
 
     async def _each(
         self,
-        repo: _Repository,
+        repo: Repository,
         references: list[str],
-        read: Callable[[_Repository, str, int], Awaitable[Any]],
+        read: Callable[[Repository, str, int], Awaitable[Any]],
         depth: int = 0,
     ) -> None:
         """`read(repo, reference, depth)` for each, CONCURRENCY at a time at most."""
@@ -169,12 +146,12 @@ class Reindexer:
             chunk = references[first : first + CONCURRENCY]
             await asyncio.gather(*(read(repo, reference, depth) for reference in chunk))
 
-    async def _tag(self, repo: _Repository, tag: str, depth: int) -> None:
+    async def _tag(self, repo: Repository, tag: str, depth: int) -> None:
         document = await self._manifest(repo, keep_tag_digest(tag) or tag, depth)
         if document is not None and is_tag_schema_name(tag):
             await self._each(repo, _listed(document), self._manifest)
 
-    async def _manifest(self, repo: _Repository, reference: str, depth: int = 0) -> Any:
+    async def _manifest(self, repo: Repository, reference: str, depth: int = 0) -> Any:
         """Read one manifest, record it if it has a subject (tagging it to keep, if asked and
         it is not yet), and walk an index's children."""
         if reference in repo.seen:
@@ -212,7 +189,7 @@ class Reindexer:
             await self._each(repo, _listed(document), self._manifest, depth + 1)
         return document
 
-    async def _import_native(self, repo: _Repository, subject: str) -> None:
+    async def _import_native(self, repo: Repository, subject: str) -> None:
         """The registry's own referrers of `subject`, every page, into the index."""
         path: str | None = f"/v2/{repo.name}/referrers/{subject}"
         for _ in range(MAX_PAGES):
@@ -243,7 +220,7 @@ class Reindexer:
             path = answer.next_page
 
     async def _found(
-        self, repo: _Repository, referrer: Referrer, body: bytes, content_type: str
+        self, repo: Repository, referrer: Referrer, body: bytes, content_type: str
     ) -> None:
         """Record a referrer the walk read (a subclass may do something else with it)."""
         if await self._deleted(repo, referrer):
@@ -255,14 +232,14 @@ class Reindexer:
         if self.keep_tags.enabled and referrer.digest not in repo.kept:
             await self._keep(repo, referrer, body, content_type)
 
-    async def _deleted(self, repo: _Repository, referrer: Referrer) -> bool:
+    async def _deleted(self, repo: Repository, referrer: Referrer) -> bool:
         """Deleted through the proxy since the walk read it (the index tombstoned it)."""
         if self.index is None:
             return False
         return await self.index.tombstoned(repo.name, referrer.subject, referrer.digest)
 
     async def _keep(
-        self, repo: _Repository, referrer: Referrer, body: bytes, media_type: str
+        self, repo: Repository, referrer: Referrer, body: bytes, media_type: str
     ) -> None:
         """The same bytes under the referrer's keep tag: the same digest, now tagged. A PUT
         re-creates a manifest deleted meanwhile, so a delete that landed during it is made

@@ -120,7 +120,10 @@ class RegistryClient:
             answer = await self.call("GET", next_path, auth=auth)
             if answer.status != 200:
                 raise UpstreamRefused(f"GET {next_path}", answer.status)
-            for item in orjson.loads(answer.body).get(key) or []:
+            items = page_items(answer.body, key)
+            if items is None:
+                raise UpstreamRefused(f"GET {next_path}: no list of {key} in the answer", 200)
+            for item in items:
                 yield item
             next_path = answer.next_page
 
@@ -147,3 +150,18 @@ class RegistryClient:
 
     async def delete_manifest(self, repository: str, digest: str, auth: str | None) -> Answer:
         return await self.call("DELETE", f"/v2/{repository}/manifests/{digest}", auth=auth)
+
+
+def page_items(body: bytes, key: str) -> list[str] | None:
+    """The strings under `key` of a list page (absent or null: none); None when the page is
+    anything else, which ends a walk with an error rather than a traceback."""
+    try:
+        page = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(page, dict):
+        return None
+    items = [] if page.get(key) is None else page[key]
+    if not isinstance(items, list) or not all(isinstance(item, str) for item in items):
+        return None
+    return items

@@ -10,7 +10,8 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from yarl import URL
 
-from proxy.upstream.client import RegistryClient
+from proxy.oci.errors import UpstreamRefused
+from proxy.upstream.client import RegistryClient, page_items
 
 NEXT = "/v2/a/tags/list?last=y&n=1"
 
@@ -59,3 +60,32 @@ async def test_a_malformed_link_on_a_manifest_answer_is_no_crash(link: str) -> N
         answer = await client.get_manifest("a", "v1", None)
     assert answer.status == 200
     assert answer.next_page is None
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b"<html>catalog</html>", b"[]", b'{"tags": "v1"}', b'{"tags": [1, 2]}', b'{"tags": {}}'],
+)
+async def test_a_list_page_that_is_no_list_of_names_is_a_refusal(body: bytes) -> None:
+    """Was: a registry's 200 that is no JSON object of strings raised from deep inside the walk
+    (JSONDecodeError, AttributeError) and ended reindex, prune or legacy-artifacts with a
+    traceback; or a number went on to be used as a tag."""
+
+    async def tags(request: web.Request) -> web.Response:
+        return web.Response(body=body, content_type="application/json")
+
+    app = web.Application()
+    app.router.add_get("/v2/a/tags/list", tags)
+    async with TestServer(app) as server, aiohttp.ClientSession() as session:
+        client = RegistryClient(session, URL(str(server.make_url("/"))).origin(), 1 << 20)
+        with pytest.raises(UpstreamRefused, match="no list of tags"):
+            [tag async for tag in client.listed("/v2/a/tags/list", "tags", None)]
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [(b'{"tags": ["v1", "v2"]}', ["v1", "v2"]), (b'{"tags": null}', []), (b'{"name": "a"}', [])],
+)
+def test_list_page_items(body: bytes, expected: list[str]) -> None:
+    """Distribution answers `"tags": null` for a repository whose tags were all deleted."""
+    assert page_items(body, "tags") == expected

@@ -1,0 +1,61 @@
+"""The registry's lists that the offline commands (reindex, prune, legacy-artifacts) walk: its
+catalog and each repository's tags, read the same way by each."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from proxy.oci.errors import UpstreamRefused
+from proxy.oci.names import is_repository_name
+from proxy.upstream.client import RegistryClient
+
+log = logging.getLogger(__name__)
+CATALOG = "/v2/_catalog?n=1000"
+
+
+class WalkRefused(Exception):
+    """The run cannot start: the registry refused its catalog (or a command its own check)."""
+
+
+@dataclass
+class Repository:
+    """One repository of a walk: where it stands in the run and what was read of it."""
+
+    name: str
+    position: int
+    total: int
+    seen: set[str] = field(default_factory=set)
+    kept: set[str] = field(default_factory=set)  # referrer digests that have a keep tag
+
+
+async def repositories(client: RegistryClient, named: list[str], auth: str | None) -> list[str]:
+    """The repositories named, else every one in the registry's catalog: each a valid name,
+    since it goes into the paths the walk asks for."""
+    if named:
+        wrong = [name for name in named if not is_repository_name(name)]
+        if wrong:
+            raise WalkRefused(f"not a repository name: {wrong[0]!r}")
+        return named
+    try:
+        listed = [name async for name in client.listed(CATALOG, "repositories", auth)]
+    except UpstreamRefused as exc:
+        raise WalkRefused(str(exc)) from exc
+    for name in listed:
+        if not is_repository_name(name):
+            log.warning("the catalog lists %r, which is no repository name: skipped", name)
+    return [name for name in listed if is_repository_name(name)]
+
+
+async def tags(client: RegistryClient, repository: str, auth: str | None) -> tuple[list[str], bool]:
+    """A repository's tags, and whether that is all of them: a refused page ends the list
+    (logged), and what depends on the whole list (which tags a delete by digest takes) must
+    know."""
+    found: list[str] = []
+    try:
+        async for tag in client.listed(f"/v2/{repository}/tags/list", "tags", auth):
+            found.append(tag)
+    except UpstreamRefused as exc:
+        log.warning("%s", exc)
+        return found, False
+    return found, True
