@@ -274,14 +274,18 @@ class TagIndexWriter:
         elif answer.status != 404:
             raise UpstreamRefused(f"the read of tag {tag}", answer.status)
         listed = [r.digest for r in current.referrers] if current is not None else []
-        known = await self.index.tag_sync(repository, subject)
-        if current is not None and (known is None or known.digest != current.digest):
-            # Written by someone else since the proxy last did: take in what it lists (except
-            # what the proxy deleted since, which the index holds tombstoned).
-            await self.index.add_listed(repository, subject, current.referrers)
         if added:
             await self.index.add_listed(repository, subject, added)
-        listing = copy_listing(listed, await self._indexed(repository, subject), self.max_bytes)
+        indexed = await self._indexed(repository, subject)
+        held = {digest for digest, _ in indexed}
+        missing = [r for r in current.referrers if r.digest not in held] if current else []
+        # What the copy lists and the index lacks: written by someone else, or lost with the
+        # index (even when the proxy wrote the copy: a wipe can land between its write and its
+        # sync marker). Taken in, except what the proxy deleted, which the index holds
+        # tombstoned; the copy is then rendered without only those.
+        if missing and await self.index.add_listed(repository, subject, missing):
+            indexed = await self._indexed(repository, subject)
+        listing = copy_listing(listed, indexed, self.max_bytes)
         if listing.left_out:
             self.metrics.tag_index_left_out.inc(listing.left_out)
             log.warning(

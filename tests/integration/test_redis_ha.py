@@ -108,6 +108,18 @@ async def listed(http: aiohttp.ClientSession, proxy: str, repo: str, subject: st
     return found
 
 
+# redis-py 8.1's cluster client drops the node of a killed master from its cache and leaves
+# that node's connections to background tasks that may not have run when the proxy closes
+# (`NodesManager.set_nodes`, `ClusterNode.release`): the garbage collector then closes the
+# socket, with a ResourceWarning (1 CI run in 5). Bounded (one node's connections a failover),
+# not ours to close: the client offers no handle on removed nodes. Only those warnings pass.
+UNCLOSED_BY_REDIS_PY = pytest.mark.filterwarnings(
+    "ignore:Exception ignored in. <(socket.socket|function (_SelectorTransport|StreamWriter"
+    "|AbstractConnection).__del__):pytest.PytestUnraisableExceptionWarning"
+)
+
+
+@UNCLOSED_BY_REDIS_PY
 async def test_cluster_master_killed_mid_run_loses_no_referrer(
     cluster: Cluster,
     http: aiohttp.ClientSession,

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import time
 from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
@@ -16,7 +17,9 @@ import orjson
 import pytest
 import redis.asyncio as aioredis
 from aiohttp import web
+from yarl import URL
 
+from proxy.config import Settings
 from proxy.devstack.oci_client import (
     artifact_manifest,
     legacy_attach,
@@ -29,6 +32,8 @@ from proxy.devstack.oci_client import (
     sha256,
 )
 from proxy.devstack.processes import Redis, Registry, running_proxy
+from proxy.index import open_index
+from proxy.index.base import TagSync
 from proxy.services import tag_writer
 from tests.conftest import StartProxy
 from tests.harness.fault_relay import Canned, running_relay
@@ -233,3 +238,35 @@ async def test_a_refresh_read_before_a_delete_brings_nothing_back(
         assert await listed_referrers(http, writer, repo, image) == now
     _, listed, _ = await settled_tag_index(http, registry.url, repo, image, now)
     assert [d["digest"] for d in listed] == now
+
+
+async def test_an_index_wiped_under_a_write_keeps_every_referrer_in_the_copy(
+    http: aiohttp.ClientSession,
+    start_proxy: StartProxy,
+    registry: Registry,
+    redis_server: Redis,
+    repo: str,
+) -> None:
+    """Was (CI, the 20,000-referrer test): Redis was wiped while a tag write was in flight, and
+    that write's sync marker landed in the empty index after the wipe. The next write took the
+    copy for one the index already held, rendered it from what the index held now and dropped
+    the legacy referrers, which nothing else lists (no keep tag): the registry's GC takes them.
+    Here the race's end state is set up directly: the index wiped, then the marker set."""
+    image = await push_subject_image(http, registry.url, repo)
+    subject = sha256(image)
+    legacy = [sha256(await legacy_attach(http, registry.url, repo, image, n)) for n in range(3)]
+    proxy = await start_proxy(registry.url, redis_url=redis_server.url, tag_write_delay=0.05)
+    first = await attach(http, proxy, repo, artifact_manifest(image, annotations={"n": "1"}))
+    _, _, written = await settled_tag_index(http, registry.url, repo, image, [*legacy, first])
+    assert written is not None
+    wiped = aioredis.Redis.from_url(redis_server.url)
+    await wiped.flushdb()
+    await wiped.aclose()
+    store = open_index(Settings(upstream=URL(registry.url), redis_url=redis_server.url))
+    await store.set_tag_sync(repo, subject, TagSync(written, time.time()))
+    await store.close()
+    second = await attach(http, proxy, repo, artifact_manifest(image, annotations={"n": "2"}))
+    everything = [*legacy, first, second]
+    _, listed, _ = await settled_tag_index(http, registry.url, repo, image, everything)
+    assert [d["digest"] for d in listed] == everything
+    assert sorted(await listed_referrers(http, proxy, repo, image)) == sorted(everything)
