@@ -274,16 +274,19 @@ class TagIndexWriter:
         elif answer.status != 404:
             raise UpstreamRefused(f"the read of tag {tag}", answer.status)
         listed = [r.digest for r in current.referrers] if current is not None else []
-        if added:
-            await self.index.add_listed(repository, subject, added)
         indexed = await self._indexed(repository, subject)
         held = {digest for digest, _ in indexed}
         missing = [r for r in current.referrers if r.digest not in held] if current else []
         # What the copy lists and the index lacks: written by someone else, or lost with the
         # index (even when the proxy wrote the copy: a wipe can land between its write and its
-        # sync marker). Taken in, except what the proxy deleted, which the index holds
-        # tombstoned; the copy is then rendered without only those.
-        if missing and await self.index.add_listed(repository, subject, missing):
+        # sync marker). Taken in, in the copy's order and before what this write carries,
+        # except what the proxy deleted, which the index holds tombstoned; the copy is then
+        # rendered without only those.
+        new = 0
+        for referrers in (missing, added):
+            if referrers:
+                new += await self.index.add_listed(repository, subject, referrers)
+        if new:
             indexed = await self._indexed(repository, subject)
         listing = copy_listing(listed, indexed, self.max_bytes)
         if listing.left_out:
