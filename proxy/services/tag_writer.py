@@ -281,11 +281,11 @@ class TagIndexWriter:
         # index (even when the proxy wrote the copy: a wipe can land between its write and its
         # sync marker). Taken in, in the copy's order and before what this write carries,
         # except what the proxy deleted, which the index holds tombstoned; the copy is then
-        # rendered without only those.
-        new = 0
-        for referrers in (missing, added):
-            if referrers:
-                new += await self.index.add_listed(repository, subject, referrers)
+        # rendered without only those. A referrer deleted longer ago than its tombstone lasts
+        # is taken in too, so a copy that took anything in is written even if unchanged: the
+        # registry refuses an index listing a manifest it no longer has, and _put drops it.
+        taken_in = await self.index.add_listed(repository, subject, missing) if missing else 0
+        new = taken_in + (await self.index.add_listed(repository, subject, added) if added else 0)
         if new:
             indexed = await self._indexed(repository, subject)
         listing = copy_listing(listed, indexed, self.max_bytes)
@@ -300,7 +300,7 @@ class TagIndexWriter:
                 listing.left_out,
                 self.max_bytes,
             )
-        if listing.digests == listed:
+        if listing.digests == listed and not taken_in:
             self.metrics.tag_write("unchanged")
             if current is not None:
                 await self.index.set_tag_sync(

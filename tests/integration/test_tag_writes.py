@@ -32,7 +32,7 @@ from proxy.devstack.oci_client import (
     sha256,
 )
 from proxy.devstack.processes import Redis, Registry, running_proxy
-from proxy.index import open_index
+from proxy.index import keys, open_index
 from proxy.index.base import TagSync
 from proxy.services import tag_writer
 from tests.conftest import StartProxy
@@ -270,3 +270,35 @@ async def test_an_index_wiped_under_a_write_keeps_every_referrer_in_the_copy(
     _, listed, _ = await settled_tag_index(http, registry.url, repo, image, everything)
     assert [d["digest"] for d in listed] == everything
     assert sorted(await listed_referrers(http, proxy, repo, image)) == sorted(everything)
+
+
+async def test_a_referrer_deleted_past_its_tombstone_is_not_taken_back_in(
+    http: aiohttp.ClientSession,
+    start_proxy: StartProxy,
+    registry: Registry,
+    redis_server: Redis,
+    repo: str,
+) -> None:
+    """Found by review of the test above's fix: a referrer deleted while its subject's tag write
+    failed (the copy still lists it) and whose tombstone has expired (24 h) was taken back into
+    the index by the next write, and listed again, since the copy came out unchanged and was not
+    written. A copy that took anything in is written: the registry refuses the deleted child."""
+    image = await push_subject_image(http, registry.url, repo)
+    subject = sha256(image)
+    proxy = await start_proxy(registry.url, redis_url=redis_server.url, tag_write_delay=0.05)
+    deleted, kept = (artifact_manifest(image, annotations={"n": str(n)}) for n in (1, 2))
+    both = [await attach(http, proxy, repo, m) for m in (deleted, kept)]
+    await settled_tag_index(http, registry.url, repo, image, both)
+    async with http.delete(f"{registry.url}/v2/{repo}/manifests/{both[0]}") as gone:
+        assert gone.status == 202
+    store = open_index(Settings(upstream=URL(registry.url), redis_url=redis_server.url))
+    await store.remove(repo, both[0])
+    await store.close()
+    raw = aioredis.Redis.from_url(redis_server.url)
+    assert await raw.delete(keys.subject_tombstones(repo, subject)) == 1
+    await raw.aclose()
+    assert await listed_referrers(http, proxy, repo, image) == [both[1]]
+    await attach(http, proxy, repo, kept)  # pushed again: a write that changes nothing else
+    _, listed, _ = await settled_tag_index(http, registry.url, repo, image, [both[1]])
+    assert [d["digest"] for d in listed] == [both[1]]
+    assert await listed_referrers(http, proxy, repo, image) == [both[1]]
