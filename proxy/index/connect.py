@@ -61,7 +61,7 @@ def open_redis_index(settings: Settings) -> RedisIndex:
     client: aioredis.Redis | RedisCluster
     sentinels: list[aioredis.Redis] = []
     if settings.redis_master is not None:
-        sentinel = Sentinel(  # type: ignore[no-untyped-call]
+        sentinel = Sentinel(  # type: ignore[no-untyped-call, unused-ignore]  # typed in redis 8.2
             list(settings.redis_sentinel),
             sentinel_kwargs=options,
             **options,
