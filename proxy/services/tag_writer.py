@@ -66,6 +66,9 @@ class _Write:
     task: asyncio.Task[None] = field(init=False)
     added: dict[str, Referrer] = field(default_factory=dict)
     failing_since: float | None = None
+    # The copy's entries were taken into the index: they are written even if unchanged, by
+    # this write's retries too, until the registry has accepted (or refused) them.
+    verify: bool = False
 
     @property
     def held(self) -> int:
@@ -195,6 +198,7 @@ class TagIndexWriter:
                     # A newer write of the subject is pending: it renders the same.
                     for referrer in write.added.values():
                         self._hold(newer, referrer)
+                    newer.verify |= write.verify
                     return
                 if write.failing_since is None:
                     write.failing_since = time.monotonic()
@@ -249,20 +253,18 @@ class TagIndexWriter:
         ):
             # From here on, a change needs a new write: this one may have read past it.
             close()
-            await self._write(
-                write.repository, write.subject, write.auth, list(write.added.values())
-            )
+            await self._write(write)
 
     def _close(self, pending: dict[_K, _Write], key: _K, write: _Write) -> None:
         if pending.get(key) is write:
             del pending[key]
         self.metrics.tag_writes_pending.set(len(self._behind))
 
-    async def _write(
-        self, repository: str, subject: str, auth: str | None, added: list[Referrer]
-    ) -> None:
+    async def _write(self, write: _Write) -> None:
         """Render the subject's tag-schema index from the index and write it if it differs
         from the registry's; delete the superseded one by digest so no garbage piles up."""
+        repository, subject, auth = write.repository, write.subject, write.auth
+        added = list(write.added.values())
         tag = tag_name(subject)
         answer = await self.client.get_manifest(repository, tag, auth)
         current: TagIndex | None = None
@@ -285,6 +287,7 @@ class TagIndexWriter:
         # is taken in too, so a copy that took anything in is written even if unchanged: the
         # registry refuses an index listing a manifest it no longer has, and _put drops it.
         taken_in = await self.index.add_listed(repository, subject, missing) if missing else 0
+        write.verify |= taken_in > 0
         new = taken_in + (await self.index.add_listed(repository, subject, added) if added else 0)
         if new:
             indexed = await self._indexed(repository, subject)
@@ -300,7 +303,7 @@ class TagIndexWriter:
                 listing.left_out,
                 self.max_bytes,
             )
-        if listing.digests == listed and not taken_in:
+        if listing.digests == listed and not write.verify:
             self.metrics.tag_write("unchanged")
             if current is not None:
                 await self.index.set_tag_sync(

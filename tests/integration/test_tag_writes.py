@@ -302,3 +302,28 @@ async def test_a_referrer_deleted_past_its_tombstone_is_not_taken_back_in(
     _, listed, _ = await settled_tag_index(http, registry.url, repo, image, [both[1]])
     assert [d["digest"] for d in listed] == [both[1]]
     assert await listed_referrers(http, proxy, repo, image) == [both[1]]
+
+
+async def test_a_legacy_referrer_deleted_through_the_proxy_stays_gone_after_a_failed_write(
+    http: aiohttp.ClientSession,
+    start_proxy: StartProxy,
+    registry: Registry,
+    redis_server: Redis,
+    repo: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Found by review: the copy's entries were taken into the index before the write that
+    would find them deleted; when that write failed once (503), its retry saw nothing to take
+    in, found the copy unchanged and left the deleted referrer listed. Now a write that took
+    anything in stays bound to write, retries included."""
+    monkeypatch.setattr(tag_writer, "RETRY_SECONDS", (0.3,) * 4)
+    image = await push_subject_image(http, registry.url, repo)
+    legacy = sha256(await legacy_attach(http, registry.url, repo, image, 0))
+    async with running_relay(registry.url) as (relay, url):
+        proxy = await start_proxy(url, redis_url=redis_server.url, tag_write_delay=0.05)
+        relay.answer(first(1, tag_request("PUT", image)), Canned(503))
+        async with http.delete(f"{proxy}/v2/{repo}/manifests/{legacy}") as gone:
+            assert gone.status == 202
+        status, listed, _ = await settled_tag_index(http, registry.url, repo, image, [])
+        assert listed == []
+        assert await listed_referrers(http, proxy, repo, image) == []
