@@ -41,10 +41,10 @@ async def repositories(client: RegistryClient, named: list[str], auth: str | Non
         listed = [name async for name in client.listed(CATALOG, "repositories", auth)]
     except UpstreamRefused as exc:
         raise WalkRefused(str(exc)) from exc
-    for name in listed:
-        if not is_repository_name(name):
-            log.warning("the catalog lists %r, which is no repository name: skipped", name)
-    return [name for name in listed if is_repository_name(name)]
+    valid = [name for name in listed if is_repository_name(name)]
+    for name in set(listed).difference(valid):
+        log.warning("the catalog lists %r, which is no repository name: skipped", name)
+    return valid
 
 
 async def tags(client: RegistryClient, repository: str, auth: str | None) -> tuple[list[str], bool]:

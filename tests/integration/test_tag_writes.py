@@ -324,6 +324,6 @@ async def test_a_legacy_referrer_deleted_through_the_proxy_stays_gone_after_a_fa
         relay.answer(first(1, tag_request("PUT", image)), Canned(503))
         async with http.delete(f"{proxy}/v2/{repo}/manifests/{legacy}") as gone:
             assert gone.status == 202
-        status, listed, _ = await settled_tag_index(http, registry.url, repo, image, [])
+        _, listed, _ = await settled_tag_index(http, registry.url, repo, image, [])
         assert listed == []
         assert await listed_referrers(http, proxy, repo, image) == []
