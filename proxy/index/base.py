@@ -53,8 +53,8 @@ class IndexStore(Protocol):
     async def remove(self, repository: str, digest: str) -> None:
         """Forget the referrer with manifest `digest`, if it is one, and tombstone it."""
 
-    async def tombstoned(self, repository: str, subject: str, digest: str) -> bool:
-        """Whether the referrer was removed from `subject` within TOMBSTONE_SECONDS."""
+    async def tombstoned(self, repository: str, subject: str, digests: Collection[str]) -> set[str]:
+        """Those of `digests` removed from `subject` within TOMBSTONE_SECONDS."""
 
     async def page(
         self,

@@ -81,8 +81,8 @@ class EmbeddedIndex:
                 added += self._record(repository, subject, referrer)
         return added
 
-    async def tombstoned(self, repository: str, subject: str, digest: str) -> bool:
-        return (repository, subject, digest) in self._tombstones
+    async def tombstoned(self, repository: str, subject: str, digests: Collection[str]) -> set[str]:
+        return {d for d in digests if (repository, subject, d) in self._tombstones}
 
     def _record(self, repository: str, subject_digest: str, referrer: Referrer) -> bool:
         key = (repository, referrer.digest)

@@ -37,9 +37,9 @@ class MeasuredIndex:
         async with self._measure("remove"):
             await self.store.remove(repository, digest)
 
-    async def tombstoned(self, repository: str, subject: str, digest: str) -> bool:
+    async def tombstoned(self, repository: str, subject: str, digests: Collection[str]) -> set[str]:
         async with self._measure("tombstoned"):
-            return await self.store.tombstoned(repository, subject, digest)
+            return await self.store.tombstoned(repository, subject, digests)
 
     async def page(
         self,

@@ -345,11 +345,20 @@ class RedisIndex:
                 [digest, time.time() + TOMBSTONE_SECONDS, int(TOMBSTONE_SECONDS)],
             )
 
-    async def tombstoned(self, repository: str, subject: str, digest: str) -> bool:
+    async def tombstoned(self, repository: str, subject: str, digests: Collection[str]) -> set[str]:
         key = keys.subject_tombstones(repository, subject)
+        asked = list(digests)
+        found: set[str] = set()
         async with self.connection("read"):
-            expires = await self.client.zscore(key, digest)
-        return expires is not None and expires > time.time()
+            for first in range(0, len(asked), _BATCH):
+                chunk = asked[first : first + _BATCH]
+                async with self.client.pipeline(transaction=False) as scores:
+                    for digest in chunk:
+                        scores.zscore(key, digest)
+                    expires = await scores.execute()
+                now = time.time()
+                found.update(d for d, e in zip(chunk, expires, strict=True) if e and e > now)
+        return found
 
     async def page(
         self,

@@ -275,22 +275,30 @@ class TagIndexWriter:
                 return  # never overwrite what is not ours to read
         elif answer.status != 404:
             raise UpstreamRefused(f"the read of tag {tag}", answer.status)
-        listed = [r.digest for r in current.referrers] if current is not None else []
+        copied = current.referrers if current is not None else []
+        listed = [r.digest for r in copied]
         indexed = await self._indexed(repository, subject)
         held = {digest for digest, _ in indexed}
-        missing = [r for r in current.referrers if r.digest not in held] if current else []
+        in_copy = set(listed)
         # What the copy lists and the index lacks: written by someone else, or lost with the
         # index (even when the proxy wrote the copy: a wipe can land between its write and its
         # sync marker). Taken in, in the copy's order and before what this write carries,
-        # except what the proxy deleted, which the index holds tombstoned; the copy is then
-        # rendered without only those. A referrer deleted longer ago than its tombstone lasts
-        # is taken in too, so a copy that took anything in is written even if unchanged: the
-        # registry refuses an index listing a manifest it no longer has, and _put drops it.
-        taken_in = await self.index.add_listed(repository, subject, missing) if missing else 0
-        write.verify |= taken_in > 0
-        new = taken_in + (await self.index.add_listed(repository, subject, added) if added else 0)
-        if new:
-            indexed = await self._indexed(repository, subject)
+        # except what the proxy deleted, which the index holds tombstoned. The copy is rendered
+        # from what this write read and took in, not from the index read again: a wipe landing
+        # in between would leave only what the write recorded. A referrer deleted longer ago
+        # than its tombstone lasts is taken in too, so a copy that took anything in is written
+        # even if unchanged: the registry refuses an index listing a manifest it no longer has,
+        # and _put drops it.
+        missing = [r for r in copied if r.digest not in held]
+        fresh = [r for r in added if r.digest not in held and r.digest not in in_copy]
+        if missing or fresh:
+            asked = [r.digest for r in (*missing, *fresh)]
+            dead = await self.index.tombstoned(repository, subject, asked)
+            missing = [r for r in missing if r.digest not in dead]
+            fresh = [r for r in fresh if r.digest not in dead]
+            await self.index.add_listed(repository, subject, [*missing, *fresh])
+            indexed += ((r.digest, r.descriptor) for r in (*missing, *fresh))
+        write.verify |= bool(missing)
         listing = copy_listing(listed, indexed, self.max_bytes)
         if listing.left_out:
             self.metrics.tag_index_left_out.inc(listing.left_out)

@@ -513,16 +513,29 @@ async def test_a_removed_referrer_stays_out_of_listings_until_pushed_again(
     one, two, three = referrer(1), referrer(2), referrer(3)
     await store.add_listed(REPO, SUBJECT, [one, two])
     await store.remove(REPO, one.digest)
+    assert await store.tombstoned(REPO, SUBJECT, [one.digest, two.digest]) == {one.digest}
     assert await store.add_listed(REPO, SUBJECT, [one, two, three]) == 1
     assert await walk(store, REPO, [], 10) == [two.digest, three.digest]
     await store.add("elsewhere", one)  # a tombstone is per repository
     assert await walk(store, "elsewhere", [], 10) == [one.digest]
     await store.add(REPO, one)
+    assert await store.tombstoned(REPO, SUBJECT, [one.digest]) == set()
     assert await walk(store, REPO, [], 10) == [two.digest, three.digest, one.digest]
     await store.remove(REPO, one.digest)
     await store.add(REPO, one)
     assert await store.add_listed(REPO, SUBJECT, [one]) == 0
     assert await walk(store, REPO, [], 10) == [two.digest, three.digest, one.digest]
+
+
+async def test_tombstones_are_read_for_many_digests_at_once(store: IndexStore) -> None:
+    listed = [referrer(n) for n in range(1100)]
+    await store.add_listed(REPO, SUBJECT, listed)
+    removed = {r.digest for r in listed[::2]}
+    for digest in removed:
+        await store.remove(REPO, digest)
+    assert await store.tombstoned(REPO, SUBJECT, digests_of(listed)) == removed
+    assert await store.tombstoned(REPO, OTHER_SUBJECT, digests_of(listed)) == set()
+    assert await store.tombstoned(REPO, SUBJECT, []) == set()
 
 
 async def test_removing_what_was_never_listed_leaves_no_tombstone(store: IndexStore) -> None:

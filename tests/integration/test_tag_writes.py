@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import orjson
@@ -21,6 +22,7 @@ from yarl import URL
 
 from proxy.config import Settings
 from proxy.devstack.oci_client import (
+    MANIFEST,
     artifact_manifest,
     legacy_attach,
     legacy_tag,
@@ -32,9 +34,13 @@ from proxy.devstack.oci_client import (
     sha256,
 )
 from proxy.devstack.processes import Redis, Registry, running_proxy
-from proxy.index import keys, open_index
-from proxy.index.base import TagSync
+from proxy.index import IndexUnavailable, keys, open_index
+from proxy.index.base import Page, TagSync
+from proxy.metrics import Metrics
+from proxy.oci.manifest import inspect_manifest
 from proxy.services import tag_writer
+from proxy.services.tag_writer import TagIndexWriter
+from proxy.upstream.client import RegistryClient
 from tests.conftest import StartProxy
 from tests.harness.fault_relay import Canned, running_relay
 from tests.integration.test_operations import Moved, moved_once, scrape, value
@@ -270,6 +276,55 @@ async def test_an_index_wiped_under_a_write_keeps_every_referrer_in_the_copy(
     _, listed, _ = await settled_tag_index(http, registry.url, repo, image, everything)
     assert [d["digest"] for d in listed] == everything
     assert sorted(await listed_referrers(http, proxy, repo, image)) == sorted(everything)
+
+
+async def test_an_index_wiped_between_a_writes_reads_keeps_every_referrer_in_the_copy(
+    http: aiohttp.ClientSession,
+    registry: Registry,
+    redis_server: Redis,
+    repo: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Was (CI, the 20,000-referrer test, after the fix above): the wipe landed after a write
+    read the index and before it recorded the referrer it carried; the write read the index
+    again to render the copy, found only that referrer and dropped the 9,501 legacy ones.
+    The wipe is landed here as the write's read of the index ends."""
+    image = await push_subject_image(http, registry.url, repo)
+    subject = sha256(image)
+    legacy = [sha256(await legacy_attach(http, registry.url, repo, image, n)) for n in range(3)]
+    manifests = [artifact_manifest(image, annotations={"n": str(n)}) for n in (1, 2)]
+    first, second = (inspect_manifest(m, MANIFEST) for m in manifests)
+    assert first is not None
+    assert second is not None
+    store = open_index(Settings(upstream=URL(registry.url), redis_url=redis_server.url))
+    raw = aioredis.Redis.from_url(redis_server.url)
+    async with aiohttp.ClientSession() as session:
+        client = RegistryClient(session, URL(registry.url), 4 * 1024 * 1024)
+        writer = TagIndexWriter(client, store, Metrics.create(), behind=False)
+        for manifest in manifests:
+            assert (await push_manifest(http, registry.url, repo, manifest)).status == 201
+        await store.add(repo, first)
+        await writer.changed(repo, subject, None, first)
+        _, listed, _ = await read_tag_index(http, registry.url, repo, image)
+        assert [d["digest"] for d in listed] == [*legacy, first.digest]
+
+        read = store.page
+
+        async def wiped_once_read(*args: Any) -> Page:
+            page = await read(*args)
+            if page.next_after is None:
+                monkeypatch.setattr(store, "page", read)
+                await raw.flushdb()
+            return page
+
+        monkeypatch.setattr(store, "page", wiped_once_read)
+        await store.add(repo, second)
+        with pytest.raises(IndexUnavailable, match="unlock"):  # the wipe took the lock too
+            await writer.changed(repo, subject, None, second)
+    await raw.aclose()
+    await store.close()
+    _, listed, _ = await read_tag_index(http, registry.url, repo, image)
+    assert [d["digest"] for d in listed] == [*legacy, first.digest, second.digest]
 
 
 async def test_a_referrer_deleted_past_its_tombstone_is_not_taken_back_in(
