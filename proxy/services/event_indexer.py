@@ -145,9 +145,22 @@ class EventIndexer:
             return "ignored"
         if referrer.digest != event.digest:
             raise UpstreamRefused(f"{name}@{event.digest}: other bytes read back", 502)
-        if await self.native.for_write(name, referrer.subject, self.auth):
+        native = await self.native.proven(name, referrer.subject, self.auth)
+        if native:
             log.info("registry event: %s in %s listed by the registry itself", event.digest, name)
             return "ignored"
+        if native is None:
+            # No PUT answer settles it here: writing the legacy way could clutter a native
+            # registry's tags. The pusher, which got no OCI-Subject, keeps its own tag-schema
+            # index; `reindex` adds the keep tag once the kind is proven.
+            await self.index.add(name, referrer)
+            log.warning(
+                "registry event: %s in %s indexed; nothing written to the registry while its"
+                " Referrers API is unproven",
+                event.digest,
+                name,
+            )
+            return "indexed"
         if event.tag is None and self.keep_tags.enabled:
             # A refused keep tag is logged; the referrer is pushed all the same: index it
             # (`reindex` adds the keep tag later).

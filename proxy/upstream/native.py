@@ -5,8 +5,8 @@ proxy then writes nothing of its own there (no tag-schema index, no keep tag, no
 index delete), which would only clutter the tag namespace the API exists to keep clean. Only an
 answer proves the kind: the start-up probe, a referrers answer to real credentials, or a PUT
 answered with `OCI-Subject` (the spec's word for "recorded"). While none has, a write asks the
-upstream once with the writer's credentials; if that proves nothing either, the write is made
-the legacy way, which loses no referrer.
+upstream once with the writer's credentials; if that proves nothing either, a client's write is
+made the legacy way, which loses no referrer, and a registry event's is not made at all.
 """
 
 from __future__ import annotations
@@ -85,9 +85,8 @@ class NativeSupport:
         self.known = native
         log.info("upstream Referrers API: %s", describe_native(native))
 
-    async def for_write(self, repository: str, subject: str, auth: str | None) -> bool:
-        """Whether to leave the upstream's referrers to it (writing nothing of the proxy's
-        there); while unknown, asked with the writer's credentials. Unproven is legacy."""
+    async def proven(self, repository: str, subject: str, auth: str | None) -> bool | None:
+        """What is known; while unknown, asked with the writer's credentials."""
         if self.known is None:
             try:
                 self.settle(await ask_native(self.client, repository, subject, auth))
@@ -95,4 +94,10 @@ class NativeSupport:
                 log.warning(
                     "%s %s: upstream Referrers API not settled: %r", repository, subject, exc
                 )
-        return self.known is True
+        return self.known
+
+    async def for_write(self, repository: str, subject: str, auth: str | None) -> bool:
+        """Whether a client's write leaves the upstream's referrers to it (the proxy writing
+        nothing of its own there). Unproven is legacy: the PUT's answer settles it, and a
+        legacy write loses no referrer."""
+        return await self.proven(repository, subject, auth) is True

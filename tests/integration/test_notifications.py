@@ -34,11 +34,14 @@ from proxy.http.errors import error_middleware
 from proxy.http.notifications_api import NotificationsApi
 from proxy.index import EmbeddedIndex
 from proxy.metrics import Metrics
+from proxy.oci.notifications import Pushed
 from proxy.services.event_indexer import EventIndexer
 from proxy.services.keep_tags import KeepTags
+from proxy.services.tag_writer import TagIndexWriter
 from proxy.upstream.client import RegistryClient
 from proxy.upstream.native import NativeSupport
 from tests.conftest import AUTH_PASSWORD, AUTH_USER, StartProxy
+from tests.harness.fault_relay import Canned, running_relay
 
 log = logging.getLogger(__name__)
 TOKEN = "notifications-token-for-the-tests"
@@ -282,3 +285,38 @@ async def test_pushed_manifests_are_read_with_the_credentials_file(
                 assert digests == ([sha256(referrer)] if "indexed" in expected else [])
             finally:
                 await server.close()
+
+
+async def test_a_push_event_while_the_upstream_kind_is_unproven_writes_nothing_there(
+    http: aiohttp.ClientSession, registry: Registry, repo: str
+) -> None:
+    """Found by review: the referrers probe failing (503 here; too large or a timeout alike)
+    left the kind unproven, and the event was applied the legacy way: a keep tag and a
+    tag-schema index written into what may be a native registry. Now it is indexed and nothing
+    is written there until an answer proves the kind."""
+    image = await push_subject_image(http, registry.url, repo)
+    referrer = artifact_manifest(image)
+    assert (await push_manifest(http, registry.url, repo, referrer)).status == 201
+    async with running_relay(registry.url) as (relay, url), aiohttp.ClientSession() as session:
+        relay.answer(lambda r: "/referrers/" in r.path, Canned(503))
+        client = RegistryClient(session, parse_upstream(url), 1024 * 1024)
+        index = EmbeddedIndex()
+        native = NativeSupport(client, None)
+        indexer = EventIndexer(
+            client,
+            index,
+            TagIndexWriter(client, index, Metrics.create(), behind=False),
+            KeepTags(client, True),
+            native,
+            Metrics.create(),
+            auth=None,
+            forget=lambda name, digest: asyncio.sleep(0),
+            max_annotation_bytes=16384,
+            capacity=3,
+        )
+        assert await indexer.apply(Pushed(repo, sha256(referrer), None)) == "indexed"
+        assert native.known is None
+    async with http.get(f"{registry.url}/v2/{repo}/tags/list") as listing:
+        assert (await listing.json())["tags"] == ["v1"]
+    page = await index.page(repo, sha256(image), (), 0, 10)
+    assert [orjson.loads(d)["digest"] for d in page.descriptors] == [sha256(referrer)]
