@@ -89,7 +89,10 @@ def _event(event: object) -> Event | None:
     target = event.get("target")
     if not isinstance(target, dict):
         raise EnvelopeInvalid("event without a target object")
-    if target.get("mediaType") not in _MAY_HAVE_SUBJECT:
+    kind = target.get("mediaType")
+    if kind is not None and not isinstance(kind, str):
+        raise EnvelopeInvalid("push event target with a mediaType that is not a string")
+    if kind not in _MAY_HAVE_SUBJECT:  # none at all: nothing says it may have a subject
         return None
     _, repository, digest = _target(event)
     tag = target.get("tag")

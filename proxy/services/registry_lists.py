@@ -7,7 +7,7 @@ import logging
 from dataclasses import dataclass, field
 
 from proxy.oci.errors import UpstreamRefused
-from proxy.oci.names import is_repository_name
+from proxy.oci.names import is_repository_name, is_tag
 from proxy.upstream.client import RegistryClient
 
 log = logging.getLogger(__name__)
@@ -41,21 +41,26 @@ async def repositories(client: RegistryClient, named: list[str], auth: str | Non
         listed = [name async for name in client.listed(CATALOG, "repositories", auth)]
     except UpstreamRefused as exc:
         raise WalkRefused(str(exc)) from exc
-    valid = [name for name in listed if is_repository_name(name)]
+    valid = [name for name in dict.fromkeys(listed) if is_repository_name(name)]
     for name in set(listed).difference(valid):
         log.warning("the catalog lists %r, which is no repository name: skipped", name)
     return valid
 
 
 async def tags(client: RegistryClient, repository: str, auth: str | None) -> tuple[list[str], bool]:
-    """A repository's tags, and whether that is all of them: a refused page ends the list
-    (logged), and what depends on the whole list (which tags a delete by digest takes) must
-    know."""
-    found: list[str] = []
+    """A repository's valid tags (each goes into a path), and whether that is all of them: a
+    refused page ends the list and a name that is no tag is skipped (each logged), and what
+    depends on the whole list (which tags a delete by digest takes) must know."""
+    found: dict[str, None] = {}  # a registry repeating a name across pages reads it once
+    complete = True
     try:
         async for tag in client.listed(f"/v2/{repository}/tags/list", "tags", auth):
-            found.append(tag)
+            if is_tag(tag):
+                found[tag] = None
+            else:
+                log.warning("%s lists the tag %r, which is no tag name: skipped", repository, tag)
+                complete = False
     except UpstreamRefused as exc:
         log.warning("%s", exc)
-        return found, False
-    return found, True
+        return list(found), False
+    return list(found), complete

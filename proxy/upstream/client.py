@@ -110,12 +110,15 @@ class RegistryClient:
 
     async def listed(self, path: str, key: str, auth: str | None) -> AsyncIterator[str]:
         """Every item under `key` of a paged list (the catalog, a repository's tags), page
-        after page; UpstreamRefused if a page is refused."""
+        after page; UpstreamRefused if a page is refused, or the list goes round or on past
+        MAX_PAGES: what depends on having all of it must hear that it has not."""
         next_path: str | None = path
         asked: set[str] = set()
         for _ in range(MAX_PAGES):
-            if next_path is None or next_path in asked:  # the end, or a registry going round
+            if next_path is None:
                 return
+            if next_path in asked:
+                raise UpstreamRefused(f"GET {path}: the next page is one already read", 200)
             asked.add(next_path)
             answer = await self.call("GET", next_path, auth=auth)
             if answer.status != 200:
@@ -126,6 +129,8 @@ class RegistryClient:
             for item in items:
                 yield item
             next_path = answer.next_page
+        if next_path is not None:
+            raise UpstreamRefused(f"GET {path}: more than {MAX_PAGES} pages", 200)
 
     async def get_manifest(
         self, repository: str, reference: str, auth: str | None, etag: str | None = None

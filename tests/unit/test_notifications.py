@@ -71,6 +71,7 @@ def test_manifest_pushes_and_deletes_are_kept_in_order() -> None:
             repository="a/b",
         ),
         event("mount", mediaType="application/octet-stream", digest=DIGEST, repository="a/b"),
+        event("push", digest=DIGEST, repository="a/b"),  # no mediaType: nothing to go on
         {**MANIFEST_PUSH, "target": {**MANIFEST_PUSH["target"], "tag": "_referrer.sha256-ab"}},
         {**MANIFEST_PUSH, "target": {**MANIFEST_PUSH["target"], "tag": "sha256-" + "ab" * 32}},
         # Pulls and blobs are skipped before anything in them is checked.
@@ -95,6 +96,9 @@ def test_what_cannot_name_a_referrer_is_skipped(skipped: dict[str, Any]) -> None
         envelope(event("delete", digest=DIGEST)),
         envelope({**MANIFEST_PUSH, "target": {**MANIFEST_PUSH["target"], "tag": 5}}),
         envelope({**MANIFEST_PUSH, "target": "a/b"}),
+        # Was a TypeError (unhashable), a 500 that Distribution retries forever.
+        envelope({**MANIFEST_PUSH, "target": {**MANIFEST_PUSH["target"], "mediaType": []}}),
+        envelope({**MANIFEST_PUSH, "target": {**MANIFEST_PUSH["target"], "mediaType": {}}}),
         envelope(*[MANIFEST_PUSH] * 1001),
     ],
 )

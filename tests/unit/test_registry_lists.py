@@ -12,9 +12,11 @@ from aiohttp.test_utils import TestServer
 from yarl import URL
 
 from proxy.services.registry_lists import WalkRefused, repositories, tags
+from proxy.upstream import client as client_module
 from proxy.upstream.client import RegistryClient
 
-CATALOG = ["app", "team/app", "../etc", "a?b", "UPPER", "x" * 300]
+CATALOG = ["app", "team/app", "../etc", "a?b", "UPPER", "x" * 300, "app"]
+HOSTILE_TAGS = ["v1", "../../other/manifests/v1", "a?b", "v1\r\nX-Injected: 1", "", "v2"]
 
 
 @pytest.fixture
@@ -28,9 +30,24 @@ async def client() -> AsyncIterator[RegistryClient]:
         link = '</v2/app/tags/list?last=v1&n=1>; rel="next"'
         return web.json_response({"tags": ["v1"]}, headers={"Link": link})
 
+    async def same_page(request: web.Request) -> web.Response:
+        link = '</v2/loop/tags/list?last=v1>; rel="next"'
+        return web.json_response({"tags": ["v1"]}, headers={"Link": link})
+
+    async def endless(request: web.Request) -> web.Response:
+        n = int(request.query.get("last", "0")) + 1
+        link = f'</v2/endless/tags/list?last={n}>; rel="next"'
+        return web.json_response({"tags": [f"v{n}"]}, headers={"Link": link})
+
+    async def hostile(request: web.Request) -> web.Response:
+        return web.json_response({"tags": HOSTILE_TAGS})
+
     app = web.Application()
     app.router.add_get("/v2/_catalog", catalog)
     app.router.add_get("/v2/app/tags/list", tag_page)
+    app.router.add_get("/v2/loop/tags/list", same_page)
+    app.router.add_get("/v2/endless/tags/list", endless)
+    app.router.add_get("/v2/hostile/tags/list", hostile)
     async with TestServer(app) as server, aiohttp.ClientSession() as session:
         yield RegistryClient(session, URL(str(server.make_url("/"))).origin(), 1 << 20)
 
@@ -51,3 +68,22 @@ async def test_a_refused_tag_page_keeps_what_was_read_and_says_it_is_not_all(
     client: RegistryClient,
 ) -> None:
     assert await tags(client, "app", None) == (["v1"], False)
+
+
+async def test_a_list_that_goes_round_or_never_ends_is_not_all(
+    client: RegistryClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by review: a Link back to a page already read, or pages past MAX_PAGES, ended the
+    list quietly as if complete, and `legacy-artifacts --delete` deleted by digest on it (a
+    delete by digest takes every tag naming the manifest, also those never read)."""
+    monkeypatch.setattr(client_module, "MAX_PAGES", 5)
+    assert await tags(client, "loop", None) == (["v1"], False)
+    assert await tags(client, "endless", None) == ([f"v{n}" for n in range(1, 6)], False)
+
+
+async def test_tag_names_that_are_no_tags_are_skipped_and_the_list_is_not_all(
+    client: RegistryClient,
+) -> None:
+    """Found by review: a hostile registry's `../` tag sent a walk's read to another repository,
+    and a CR/LF one ended it with a traceback."""
+    assert await tags(client, "hostile", None) == (["v1", "v2"], False)
