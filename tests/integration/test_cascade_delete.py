@@ -38,7 +38,8 @@ async def tree(http: aiohttp.ClientSession, proxy: str, registry: str, repo: str
         assert (await push_manifest(http, proxy, repo, manifest)).status == 201
     # Settled before the legacy client's read-modify-write of the image's tag (see test_prune).
     for subject, child in ((image, sbom), (sbom, signature), (signature, certificate)):
-        await settled_tag_index(http, registry, repo, subject, [sha256(child)])
+        _, listed, _ = await settled_tag_index(http, registry, repo, subject, [sha256(child)])
+        assert [d["digest"] for d in listed] == [sha256(child)]
     legacy = await legacy_attach(http, registry, repo, image, 1)
     return [image, sbom, signature, certificate, legacy]
 

@@ -43,7 +43,8 @@ async def test_a_second_writer_in_a_lost_lock_writes_other_content_until_the_fir
         slow = await start_proxy(relayed, redis_url=redis_server.url)
         fast = await start_proxy(registry.url, redis_url=redis_server.url)
         assert (await push_manifest(http, fast, repo, first)).status == 201
-        await settled_tag_index(http, registry.url, repo, subject, [sha256(first)])
+        _, listed, _ = await settled_tag_index(http, registry.url, repo, subject, [sha256(first)])
+        assert [d["digest"] for d in listed] == [sha256(first)]
 
         def slow_tag_put(request: web.Request) -> bool:
             return request.method == "PUT" and request.path.endswith(f"/manifests/{tag}")

@@ -144,7 +144,8 @@ async def test_readiness_follows_redis_down_and_back(
         image = await push_subject_image(http, proxy, repo)
         sbom = artifact_manifest(image)
         assert (await push_manifest(http, proxy, repo, sbom)).status == 201
-        await settled_tag_index(http, registry.url, repo, image, [sha256(sbom)])
+        _, listed, _ = await settled_tag_index(http, registry.url, repo, image, [sha256(sbom)])
+        assert [d["digest"] for d in listed] == [sha256(sbom)]
         other = artifact_manifest(image, annotations={"n": "2"})
         assert (await push_manifest(http, proxy, repo, other)).status == 201
         redis.process.kill()

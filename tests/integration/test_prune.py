@@ -58,7 +58,8 @@ async def test_prune_lists_then_deletes_exactly_the_orphans(
         assert (await push_manifest(http, proxy, repo, manifest)).status == 201
     # The legacy client's read-modify-write comes after the proxy's write behind the attach:
     # straddling it, one of the two overwrites the other (CI lost the legacy entry that way).
-    await settled_tag_index(http, own_registry.url, repo, gone, [sha256(sbom)])
+    _, in_tag, _ = await settled_tag_index(http, own_registry.url, repo, gone, [sha256(sbom)])
+    assert [d["digest"] for d in in_tag] == [sha256(sbom)]
     legacy = await legacy_attach(http, own_registry.url, repo, gone, 1)
     kept_image = await push_image(http, proxy, repo, "v2", layer=b"another layer")
     kept = artifact_manifest(kept_image)

@@ -68,9 +68,10 @@ async def test_reindex_rebuilds_a_wiped_redis(
     # A legacy client's read-modify-write of the tag-schema index must not race the proxy's
     # write behind the attaches (the schema has no compare-and-set): it comes after, as a
     # client of the registry alone would.
-    await settled_tag_index(
+    _, listed, _ = await settled_tag_index(
         http, own_registry.url, repo, image, [sha256(m) for m in via_proxy], any_order=True
     )
+    assert sorted(d["digest"] for d in listed) == sorted(sha256(m) for m in via_proxy)
     legacy = await legacy_attach(http, own_registry.url, repo, image, 9)
     tagged = artifact_manifest(image, annotations={"tagged": "yes"})
     assert (await push_manifest(http, own_registry.url, repo, tagged, "signature")).status == 201

@@ -51,7 +51,8 @@ async def test_redis_killed_reads_go_on_and_the_index_catches_up(
         for manifest in (sbom, sig):
             assert (await push_manifest(http, proxy, repo, manifest)).status == 201
         expected = [sha256(sbom), sha256(sig)]
-        await settled_tag_index(http, registry.url, repo, image, expected)
+        _, listed, _ = await settled_tag_index(http, registry.url, repo, image, expected)
+        assert [d["digest"] for d in listed] == expected
         redis.process.kill()
         redis.process.wait()
     assert await listed_referrers(http, proxy, repo, image) == expected, "served from the tag"

@@ -343,7 +343,8 @@ async def test_a_referrer_deleted_past_its_tombstone_is_not_taken_back_in(
     proxy = await start_proxy(registry.url, redis_url=redis_server.url, tag_write_delay=0.05)
     deleted, kept = (artifact_manifest(image, annotations={"n": str(n)}) for n in (1, 2))
     both = [await attach(http, proxy, repo, m) for m in (deleted, kept)]
-    await settled_tag_index(http, registry.url, repo, image, both)
+    _, listed, _ = await settled_tag_index(http, registry.url, repo, image, both)
+    assert [d["digest"] for d in listed] == both
     async with http.delete(f"{registry.url}/v2/{repo}/manifests/{both[0]}") as gone:
         assert gone.status == 202
     store = open_index(Settings(upstream=URL(registry.url), redis_url=redis_server.url))

@@ -182,6 +182,7 @@ SENTINEL = {"hosts": ["s:26379"], "masterName": "mymaster"}
         {"replicaCount": "two"},
         {"workers": 2},
         {"workers": 0},
+        {"workers": None},  # was rendered as an empty env var: a crash-looping pod
         {"mode": "standalone"},
         {"mode": "elsewhere"},
         {"autoscaling": {"enabled": True}},
