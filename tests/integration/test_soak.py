@@ -40,3 +40,6 @@ async def test_short_soak(registry: Registry, redis_server: Redis, tmp_path: Pat
     assert end.rss - middle.rss < 24 * MiB, result.table()
     assert end.loose_fds - middle.loose_fds <= 4, result.table()
     assert end.connected <= CLIENTS + sum(POOLS.values()), "the pools keep their bounds"
+    # Warm by the middle (measured: 148→148, 151→154, 156→159 with CI running alongside): a
+    # connection leaked by one request in a hundred adds ~15 by the end, below the bound.
+    assert end.connected - middle.connected <= 12, result.table()
