@@ -46,15 +46,18 @@ class IndexStore(Protocol):
         """Record `referrer`, just pushed, under its subject (lifting any tombstone);
         recording it again changes nothing."""
 
-    async def add_listed(self, repository: str, subject: str, referrers: Sequence[Referrer]) -> int:
-        """Record, in order, what a tag-schema index of `subject` lists, except the tombstoned;
-        how many were new."""
+    async def add_listed(
+        self, repository: str, subject: str, referrers: Sequence[Referrer]
+    ) -> set[str]:
+        """Record, in order, what a tag-schema index of `subject` lists, except the tombstoned
+        and those a push recorded under another subject; the digests of `referrers` it now
+        lists (new or not)."""
 
     async def remove(self, repository: str, digest: str) -> None:
         """Forget the referrer with manifest `digest`, if it is one, and tombstone it."""
 
-    async def tombstoned(self, repository: str, subject: str, digests: Collection[str]) -> set[str]:
-        """Those of `digests` removed from `subject` within TOMBSTONE_SECONDS."""
+    async def tombstoned(self, repository: str, subject: str, digest: str) -> bool:
+        """Whether the referrer was removed from `subject` within TOMBSTONE_SECONDS."""
 
     async def page(
         self,

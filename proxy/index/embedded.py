@@ -74,17 +74,21 @@ class EmbeddedIndex:
         self._tombstones.pop((repository, referrer.subject, referrer.digest), None)
         self._record(repository, referrer.subject, referrer)
 
-    async def add_listed(self, repository: str, subject: str, referrers: Sequence[Referrer]) -> int:
-        added = 0
-        for referrer in referrers:
-            if (repository, subject, referrer.digest) not in self._tombstones:
-                added += self._record(repository, subject, referrer)
-        return added
+    async def add_listed(
+        self, repository: str, subject: str, referrers: Sequence[Referrer]
+    ) -> set[str]:
+        return {
+            referrer.digest
+            for referrer in referrers
+            if (repository, subject, referrer.digest) not in self._tombstones
+            and self._record(repository, subject, referrer)
+        }
 
-    async def tombstoned(self, repository: str, subject: str, digests: Collection[str]) -> set[str]:
-        return {d for d in digests if (repository, subject, d) in self._tombstones}
+    async def tombstoned(self, repository: str, subject: str, digest: str) -> bool:
+        return (repository, subject, digest) in self._tombstones
 
     def _record(self, repository: str, subject_digest: str, referrer: Referrer) -> bool:
+        """Whether the subject lists it now."""
         key = (repository, referrer.digest)
         recorded = self._recorded.get(key)
         if recorded is not None and recorded.subject != subject_digest:
@@ -92,7 +96,7 @@ class EmbeddedIndex:
         subject = self._subjects.setdefault((repository, subject_digest), _Subject())
         subject.descriptors[referrer.digest] = referrer.descriptor
         if recorded is not None:
-            return False
+            return True
         self._position += 1
         subject.all.append(self._position, referrer.digest)
         if referrer.artifact_type is not None:

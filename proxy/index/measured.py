@@ -29,7 +29,9 @@ class MeasuredIndex:
         async with self._measure("add"):
             await self.store.add(repository, referrer)
 
-    async def add_listed(self, repository: str, subject: str, referrers: Sequence[Referrer]) -> int:
+    async def add_listed(
+        self, repository: str, subject: str, referrers: Sequence[Referrer]
+    ) -> set[str]:
         async with self._measure("add_listed"):
             return await self.store.add_listed(repository, subject, referrers)
 
@@ -37,9 +39,9 @@ class MeasuredIndex:
         async with self._measure("remove"):
             await self.store.remove(repository, digest)
 
-    async def tombstoned(self, repository: str, subject: str, digests: Collection[str]) -> set[str]:
+    async def tombstoned(self, repository: str, subject: str, digest: str) -> bool:
         async with self._measure("tombstoned"):
-            return await self.store.tombstoned(repository, subject, digests)
+            return await self.store.tombstoned(repository, subject, digest)
 
     async def page(
         self,

@@ -64,12 +64,12 @@ def _text(value: bytes | str) -> str:
 # both run) keeps its order, and cursors handed out before stay valid.
 # KEYS: position counter, descriptors, all, tombstones, then one type set per referrer.
 # ARGV: "1" for a push (lifts tombstones) or "0" for a listing (skips them), now, then a
-# (digest, descriptor, artifact type or "") triple per referrer. Reply: how many were new.
+# (digest, descriptor, artifact type or "") triple per referrer. Reply: the digests it lists.
 _ADD = """
 local counter, descriptors, all, gone = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local push = ARGV[1] == '1'
 redis.call('ZREMRANGEBYSCORE', gone, '-inf', ARGV[2])
-local added = 0
+local listed = {}
 for i = 0, (#ARGV - 2) / 3 - 1 do
   local digest, descriptor, artifact_type = ARGV[3 + 3 * i], ARGV[4 + 3 * i], ARGV[5 + 3 * i]
   if push then redis.call('ZREM', gone, digest) end
@@ -84,11 +84,11 @@ for i = 0, (#ARGV - 2) / 3 - 1 do
       end
       redis.call('ZADD', all, position, digest)
       if artifact_type ~= '' then redis.call('ZADD', KEYS[5 + i], position, digest) end
-      added = added + 1
     end
+    listed[#listed + 1] = digest
   end
 end
-return added
+return listed
 """
 
 # Unlists a referrer and tombstones it, in one step on its subject's slot.
@@ -258,16 +258,18 @@ class RedisIndex:
     async def add(self, repository: str, referrer: Referrer) -> None:
         await self._record(repository, referrer.subject, [referrer], push=True)
 
-    async def add_listed(self, repository: str, subject: str, referrers: Sequence[Referrer]) -> int:
-        added = 0
+    async def add_listed(
+        self, repository: str, subject: str, referrers: Sequence[Referrer]
+    ) -> set[str]:
+        listed: set[str] = set()
         for first in range(0, len(referrers), _BATCH):
             chunk = referrers[first : first + _BATCH]
-            added += await self._record(repository, subject, chunk, push=False)
-        return added
+            listed.update(await self._record(repository, subject, chunk, push=False))
+        return listed
 
     async def _record(
         self, repository: str, subject: str, referrers: Sequence[Referrer], *, push: bool
-    ) -> int:
+    ) -> list[str]:
         """Each referrer's own record (its subject, for a delete by digest) is written first,
         on its own slot: a crash before the subject's step leaves a record of nothing listed,
         which a delete clears; the reverse would leave a listing no delete could find. A push
@@ -279,7 +281,7 @@ class RedisIndex:
             if not push:
                 referrers = await self._own(repository, subject, referrers)
                 if not referrers:
-                    return 0
+                    return []
             async with self.client.pipeline(transaction=False) as records:
                 for referrer in referrers:
                     record = keys.referrer(repository, referrer.digest)
@@ -294,7 +296,7 @@ class RedisIndex:
                         keys.subject_type(repository, subject, referrer.artifact_type or "")
                     )
                 await records.execute()
-            added: int = await self._write_script(
+            listed: list[bytes] = await self._write_script(
                 self._add,
                 [
                     keys.subject_positions(repository, subject),
@@ -306,7 +308,7 @@ class RedisIndex:
                 args,
                 wait=push,
             )
-        return added
+        return [_text(digest) for digest in listed]
 
     async def _own(
         self, repository: str, subject: str, referrers: Sequence[Referrer]
@@ -345,20 +347,11 @@ class RedisIndex:
                 [digest, time.time() + TOMBSTONE_SECONDS, int(TOMBSTONE_SECONDS)],
             )
 
-    async def tombstoned(self, repository: str, subject: str, digests: Collection[str]) -> set[str]:
+    async def tombstoned(self, repository: str, subject: str, digest: str) -> bool:
         key = keys.subject_tombstones(repository, subject)
-        asked = list(digests)
-        found: set[str] = set()
         async with self.connection("read"):
-            for first in range(0, len(asked), _BATCH):
-                chunk = asked[first : first + _BATCH]
-                async with self.client.pipeline(transaction=False) as scores:
-                    for digest in chunk:
-                        scores.zscore(key, digest)
-                    expires = await scores.execute()
-                now = time.time()
-                found.update(d for d, e in zip(chunk, expires, strict=True) if e and e > now)
-        return found
+            expires = await self.client.zscore(key, digest)
+        return expires is not None and expires > time.time()
 
     async def page(
         self,

@@ -154,7 +154,7 @@ def copy_listing(
     arrival order, each while the rendered index stays within `max_bytes`, the registry's
     manifest limit. Past it, newer referrers are listed by the proxy alone."""
     descriptors = dict(indexed)
-    order = [d for d in listed if d in descriptors]
+    order = list(dict.fromkeys(d for d in listed if d in descriptors))  # each once
     kept = set(order)
     order += [digest for digest, _ in indexed if digest not in kept]
     size = len(render_index([])) - 1  # the first descriptor needs no comma

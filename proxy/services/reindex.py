@@ -236,8 +236,7 @@ class Reindexer:
         """Deleted through the proxy since the walk read it (the index tombstoned it)."""
         if self.index is None:
             return False
-        dead = await self.index.tombstoned(repo.name, referrer.subject, [referrer.digest])
-        return bool(dead)
+        return await self.index.tombstoned(repo.name, referrer.subject, referrer.digest)
 
     async def _keep(
         self, repo: Repository, referrer: Referrer, body: bytes, media_type: str

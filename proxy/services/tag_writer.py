@@ -264,7 +264,6 @@ class TagIndexWriter:
         """Render the subject's tag-schema index from the index and write it if it differs
         from the registry's; delete the superseded one by digest so no garbage piles up."""
         repository, subject, auth = write.repository, write.subject, write.auth
-        added = list(write.added.values())
         tag = tag_name(subject)
         answer = await self.client.get_manifest(repository, tag, auth)
         current: TagIndex | None = None
@@ -279,25 +278,23 @@ class TagIndexWriter:
         listed = [r.digest for r in copied]
         indexed = await self._indexed(repository, subject)
         held = {digest for digest, _ in indexed}
-        in_copy = set(listed)
         # What the copy lists and the index lacks: written by someone else, or lost with the
         # index (even when the proxy wrote the copy: a wipe can land between its write and its
         # sync marker). Taken in, in the copy's order and before what this write carries,
-        # except what the proxy deleted, which the index holds tombstoned. The copy is rendered
-        # from what this write read and took in, not from the index read again: a wipe landing
-        # in between would leave only what the write recorded. A referrer deleted longer ago
-        # than its tombstone lasts is taken in too, so a copy that took anything in is written
-        # even if unchanged: the registry refuses an index listing a manifest it no longer has,
-        # and _put drops it.
-        missing = [r for r in copied if r.digest not in held]
-        fresh = [r for r in added if r.digest not in held and r.digest not in in_copy]
+        # except what the index refuses: what the proxy deleted (tombstoned) and what a push
+        # recorded under another subject. The copy is rendered from what this write read and
+        # took in, not from the index read again: a wipe landing in between would leave only
+        # what the write recorded. A referrer deleted longer ago than its tombstone lasts is
+        # taken in too, so a copy that took anything in is written even if unchanged: the
+        # registry refuses an index listing a manifest it no longer has, and _put drops it.
+        pushed = write.added  # what the write carries is described by its manifest itself
+        missing = [pushed.get(r.digest, r) for r in copied if r.digest not in held]
+        known = held.union(listed)
+        fresh = [r for digest, r in pushed.items() if digest not in known]
         if missing or fresh:
-            asked = [r.digest for r in (*missing, *fresh)]
-            dead = await self.index.tombstoned(repository, subject, asked)
-            missing = [r for r in missing if r.digest not in dead]
-            fresh = [r for r in fresh if r.digest not in dead]
-            await self.index.add_listed(repository, subject, [*missing, *fresh])
-            indexed += ((r.digest, r.descriptor) for r in (*missing, *fresh))
+            taken = await self.index.add_listed(repository, subject, [*missing, *fresh])
+            missing = [r for r in missing if r.digest in taken]
+            indexed += ((r.digest, r.descriptor) for r in (*missing, *fresh) if r.digest in taken)
         write.verify |= bool(missing)
         listing = copy_listing(listed, indexed, self.max_bytes)
         if listing.left_out:

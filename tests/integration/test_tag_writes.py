@@ -8,8 +8,9 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
-from collections.abc import Callable
-from contextlib import ExitStack
+from collections.abc import AsyncIterator, Callable
+from contextlib import ExitStack, asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,11 +23,13 @@ from yarl import URL
 
 from proxy.config import Settings
 from proxy.devstack.oci_client import (
+    INDEX,
     MANIFEST,
     artifact_manifest,
     legacy_attach,
     legacy_tag,
     listed_referrers,
+    push_image,
     push_manifest,
     push_subject_image,
     read_tag_index,
@@ -34,13 +37,13 @@ from proxy.devstack.oci_client import (
     sha256,
 )
 from proxy.devstack.processes import Redis, Registry, running_proxy
-from proxy.index import IndexUnavailable, keys, open_index
+from proxy.index import IndexStore, IndexUnavailable, keys, open_index
 from proxy.index.base import Page, TagSync
 from proxy.metrics import Metrics
 from proxy.oci.manifest import inspect_manifest
 from proxy.services import tag_writer
 from proxy.services.tag_writer import TagIndexWriter
-from proxy.upstream.client import RegistryClient
+from proxy.upstream.client import Answer, RegistryClient
 from tests.conftest import StartProxy
 from tests.harness.fault_relay import Canned, running_relay
 from tests.integration.test_operations import Moved, moved_once, scrape, value
@@ -56,6 +59,43 @@ def first(n: int, matches: Callable[[web.Request], bool]) -> Callable[[web.Reque
     """Matches the first `n` requests that `matches` does."""
     counter = itertools.count()
     return lambda r: matches(r) and next(counter) < n
+
+
+@dataclass
+class InProcess:
+    """A tag writer in this process over the real registry and Redis, with its PUTs counted."""
+
+    store: IndexStore
+    writer: TagIndexWriter
+    puts: int = 0
+
+
+@asynccontextmanager
+async def in_process_writer(registry: Registry, redis_server: Redis) -> AsyncIterator[InProcess]:
+    store = open_index(Settings(upstream=URL(registry.url), redis_url=redis_server.url))
+    async with aiohttp.ClientSession() as session:
+        client = RegistryClient(session, URL(registry.url), 4 * 1024 * 1024)
+        made = InProcess(store, TagIndexWriter(client, store, Metrics.create(), behind=False))
+        put = client.put_manifest
+
+        async def counted(*args: Any) -> Answer:
+            made.puts += 1
+            return await put(*args)
+
+        client.put_manifest = counted  # type: ignore[method-assign]
+        try:
+            yield made
+        finally:
+            await store.close()
+
+
+async def put_copy(
+    http: aiohttp.ClientSession, registry: Registry, repo: str, subject: bytes, listed: list[Any]
+) -> None:
+    """What a legacy client writes as the subject's tag-schema index."""
+    body = orjson.dumps({"schemaVersion": 2, "mediaType": INDEX, "manifests": listed})
+    put = await push_manifest(http, registry.url, repo, body, legacy_tag(subject), INDEX)
+    assert put.status == 201
 
 
 async def attach(http: aiohttp.ClientSession, proxy: str, repo: str, manifest: bytes) -> str:
@@ -296,11 +336,9 @@ async def test_an_index_wiped_between_a_writes_reads_keeps_every_referrer_in_the
     first, second = (inspect_manifest(m, MANIFEST) for m in manifests)
     assert first is not None
     assert second is not None
-    store = open_index(Settings(upstream=URL(registry.url), redis_url=redis_server.url))
     raw = aioredis.Redis.from_url(redis_server.url)
-    async with aiohttp.ClientSession() as session:
-        client = RegistryClient(session, URL(registry.url), 4 * 1024 * 1024)
-        writer = TagIndexWriter(client, store, Metrics.create(), behind=False)
+    async with in_process_writer(registry, redis_server) as made:
+        store, writer = made.store, made.writer
         for manifest in manifests:
             assert (await push_manifest(http, registry.url, repo, manifest)).status == 201
         await store.add(repo, first)
@@ -322,9 +360,48 @@ async def test_an_index_wiped_between_a_writes_reads_keeps_every_referrer_in_the
         with pytest.raises(IndexUnavailable, match="unlock"):  # the wipe took the lock too
             await writer.changed(repo, subject, None, second)
     await raw.aclose()
-    await store.close()
     _, listed, _ = await read_tag_index(http, registry.url, repo, image)
     assert [d["digest"] for d in listed] == [*legacy, first.digest, second.digest]
+
+
+async def test_a_copy_listing_another_subjects_referrer_drops_it_once(
+    http: aiohttp.ClientSession, registry: Registry, redis_server: Redis, repo: str
+) -> None:
+    """Found by review of the fix above: a referrer a push recorded under subject A, also listed
+    in B's copy, is refused by the index under B; the copy kept listing it (the proxy's answer
+    for B does not) and was written again at every write."""
+    a = await push_subject_image(http, registry.url, repo)
+    b = await push_image(http, registry.url, repo, "v2", b"another layer")
+    legacy = sha256(await legacy_attach(http, registry.url, repo, b, 0))
+    body = artifact_manifest(a, annotations={"of": "a"})
+    assert (await push_manifest(http, registry.url, repo, body)).status == 201
+    of_a = inspect_manifest(body, MANIFEST)
+    assert of_a is not None
+    _, listed, _ = await read_tag_index(http, registry.url, repo, b)
+    await put_copy(http, registry, repo, b, [*listed, orjson.loads(of_a.descriptor)])
+    async with in_process_writer(registry, redis_server) as made:
+        await made.store.add(repo, of_a)
+        for _ in range(3):
+            await made.writer.changed(repo, sha256(b), None)
+    _, listed, _ = await read_tag_index(http, registry.url, repo, b)
+    assert [d["digest"] for d in listed] == [legacy]
+    assert made.puts == 1, "then unchanged"
+
+
+async def test_a_copy_listing_a_referrer_twice_is_written_with_it_once(
+    http: aiohttp.ClientSession, registry: Registry, redis_server: Redis, repo: str
+) -> None:
+    """Found by review: with the index holding the referrer, the rendering kept the copy's
+    duplicate, came out equal to the copy and was not written."""
+    image = await push_subject_image(http, registry.url, repo)
+    legacy = sha256(await legacy_attach(http, registry.url, repo, image, 0))
+    _, listed, _ = await read_tag_index(http, registry.url, repo, image)
+    async with in_process_writer(registry, redis_server) as made:
+        for _ in range(2):  # the index lacks it, then holds it
+            await put_copy(http, registry, repo, image, [*listed, *listed])
+            await made.writer.changed(repo, sha256(image), None)
+            _, written, _ = await read_tag_index(http, registry.url, repo, image)
+            assert [d["digest"] for d in written] == [legacy]
 
 
 async def test_a_referrer_deleted_past_its_tombstone_is_not_taken_back_in(
