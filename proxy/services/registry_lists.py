@@ -6,7 +6,9 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
-from proxy.oci.errors import UpstreamRefused
+import aiohttp
+
+from proxy.oci.errors import BodyTooLarge, UpstreamRefused
 from proxy.oci.names import is_repository_name, is_tag
 from proxy.upstream.client import RegistryClient
 
@@ -39,8 +41,8 @@ async def repositories(client: RegistryClient, named: list[str], auth: str | Non
         return named
     try:
         listed = [name async for name in client.listed(CATALOG, "repositories", auth)]
-    except UpstreamRefused as exc:
-        raise WalkRefused(str(exc)) from exc
+    except (UpstreamRefused, BodyTooLarge, aiohttp.ClientError, TimeoutError) as exc:
+        raise WalkRefused(f"the catalog could not be read: {type(exc).__name__}: {exc}") from exc
     valid = [name for name in dict.fromkeys(listed) if is_repository_name(name)]
     for name in set(listed).difference(valid):
         log.warning("the catalog lists %r, which is no repository name: skipped", name)
@@ -60,7 +62,7 @@ async def tags(client: RegistryClient, repository: str, auth: str | None) -> tup
             else:
                 log.warning("%s lists the tag %r, which is no tag name: skipped", repository, tag)
                 complete = False
-    except UpstreamRefused as exc:
-        log.warning("%s", exc)
+    except (UpstreamRefused, BodyTooLarge, aiohttp.ClientError, TimeoutError) as exc:
+        log.warning("%s: tag list not read in full: %s: %s", repository, type(exc).__name__, exc)
         return list(found), False
     return list(found), complete

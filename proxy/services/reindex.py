@@ -97,7 +97,8 @@ class Reindexer:
         self.summary = Summary()
 
     async def run(self, repositories: list[str], done: set[str]) -> AsyncIterator[str]:
-        """Index each repository; yields each name once it is finished (for checkpoints)."""
+        """Index each repository; yields each name once it is finished without an error (for
+        checkpoints: a `--resume` walks again what was read only in part)."""
         names = await registry_lists.repositories(self.client, repositories, self.auth)
         if names and await ask_native(self.client, names[0], ZERO_DIGEST, self.auth):
             # The registry keeps its referrers itself: nothing of the proxy's is written there.
@@ -111,9 +112,11 @@ class Reindexer:
                 continue
             repo = Repository(name, position, len(names))
             self._show(repo)
+            errors = self.summary.errors
             await self._repository(repo)
             self.summary.repositories += 1
-            yield name
+            if self.summary.errors == errors:
+                yield name
         self.progress.write("\n" if self.progress.isatty() else "")
 
     def _show(self, repo: Repository) -> None:

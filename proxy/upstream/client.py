@@ -51,6 +51,7 @@ class Answer:
     headers: CIMultiDictProxy[str]
     body: bytes
     next_page: str | None = None  # the path of the upstream's rel="next" page, when it pages
+    pages_on: bool = False  # it links a rel="next" page, one the proxy can ask or not
 
     @property
     def content_digest(self) -> str:
@@ -58,17 +59,22 @@ class Answer:
         return self.headers.get("Docker-Content-Digest") or compute_digest(self.body)
 
 
-def _next_page(response: aiohttp.ClientResponse) -> str | None:
-    """Only the path and query of a rel="next" link: the host of the next page is always the
-    configured upstream."""
+def _next_page(response: aiohttp.ClientResponse) -> tuple[str | None, bool]:
+    """Only the path and query of a rel="next" link (the host of the next page is always the
+    configured upstream), and whether there is one at all: one outside /v2/, or that no URL can
+    be made of, is none to ask, yet says the list goes on."""
+    if hdrs.LINK not in response.headers:
+        return None, False
     try:
-        link = response.links.get("next")
-        target = URL(str(link.get("url", ""))) if link is not None else None
-    except ValueError:  # a Link no URL can be made of pages nothing
-        return None
-    if target is None or not target.raw_path.startswith("/v2/"):
-        return None
-    return target.raw_path_qs
+        nexts = [link for rel, link in response.links.items() if "next" in str(rel).split()]
+        target = URL(str(nexts[0].get("url", ""))) if nexts else None
+    except ValueError:
+        return None, True
+    if target is None:
+        return None, False
+    if not target.path.startswith("/v2/"):
+        return None, True
+    return target.raw_path_qs, True
 
 
 MAX_PAGES = 10_000  # of one list: a registry whose next page never ends is cut here
@@ -106,12 +112,13 @@ class RegistryClient:
                 self.max_body,
                 f"the answer to {method} {path}",
             )
-            return Answer(response.status, response.headers, body, _next_page(response))
+            return Answer(response.status, response.headers, body, *_next_page(response))
 
     async def listed(self, path: str, key: str, auth: str | None) -> AsyncIterator[str]:
         """Every item under `key` of a paged list (the catalog, a repository's tags), page
-        after page; UpstreamRefused if a page is refused, or the list goes round or on past
-        MAX_PAGES: what depends on having all of it must hear that it has not."""
+        after page; UpstreamRefused if a page is refused, or the list goes round, elsewhere, on
+        past MAX_PAGES or to a page it cannot ask: what depends on having all of it must hear
+        that it has not."""
         next_path: str | None = path
         asked: set[str] = set()
         for _ in range(MAX_PAGES):
@@ -119,6 +126,8 @@ class RegistryClient:
                 return
             if next_path in asked:
                 raise UpstreamRefused(f"GET {path}: the next page is one already read", 200)
+            if URL(next_path).path != URL(path).path:
+                raise UpstreamRefused(f"GET {path}: the next page is of another list", 200)
             asked.add(next_path)
             answer = await self.call("GET", next_path, auth=auth)
             if answer.status != 200:
@@ -128,6 +137,8 @@ class RegistryClient:
                 raise UpstreamRefused(f"GET {next_path}: no list of {key} in the answer", 200)
             for item in items:
                 yield item
+            if answer.pages_on and answer.next_page is None:
+                raise UpstreamRefused(f"GET {path}: a next page that cannot be asked", 200)
             next_path = answer.next_page
         if next_path is not None:
             raise UpstreamRefused(f"GET {path}: more than {MAX_PAGES} pages", 200)
