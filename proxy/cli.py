@@ -477,7 +477,6 @@ def _legacy_command(args: argparse.Namespace, environ: Mapping[str, str]) -> Leg
 
 def _run_legacy(command: LegacyCommand) -> int:
     from proxy.services.legacy_cleanup import legacy_artifacts
-    from proxy.services.registry_lists import WalkRefused
 
     try:
         summary = asyncio.run(
@@ -490,16 +489,30 @@ def _run_legacy(command: LegacyCommand) -> int:
                 only=command.only,
             )
         )
-    except WalkRefused as exc:
-        sys.stderr.write(f"referrers-proxy legacy-artifacts: {exc}\n")
-        return 1
+    except _walk_failures() as exc:
+        return _walk_failed("legacy-artifacts", exc)
     return 1 if summary.errors else 0
+
+
+def _walk_failures() -> tuple[type[Exception], ...]:
+    """What ends a walk: its own refusal, or the registry or index failing under it."""
+    from proxy.index import IndexUnavailable
+    from proxy.services.registry_lists import READ_FAILURES, WalkRefused
+
+    return (WalkRefused, IndexUnavailable, *READ_FAILURES)
+
+
+def _walk_failed(name: str, exc: Exception) -> int:
+    from proxy.services.registry_lists import WalkRefused
+
+    failure = str(exc) if isinstance(exc, WalkRefused) else f"{type(exc).__name__}: {exc}"
+    sys.stderr.write(f"referrers-proxy {name}: {failure}\n")
+    return 1
 
 
 def _run_walk(name: str, command: ReindexCommand, delete: bool) -> int:
     """`reindex`, or `prune` (dry run unless `delete`)."""
     from proxy.services.prune import prune
-    from proxy.services.registry_lists import WalkRefused
     from proxy.services.reindex import reindex
 
     done = set()
@@ -527,9 +540,8 @@ def _run_walk(name: str, command: ReindexCommand, delete: bool) -> int:
     )
     try:
         summary = asyncio.run(walk)
-    except WalkRefused as exc:
-        sys.stderr.write(f"referrers-proxy {name}: {exc}\n")
-        return 1
+    except _walk_failures() as exc:
+        return _walk_failed(name, exc)
     finally:
         if marks is not None:
             marks.close()

@@ -14,6 +14,8 @@ from proxy.upstream.client import RegistryClient
 
 log = logging.getLogger(__name__)
 CATALOG = "/v2/_catalog?n=1000"
+# A read the walk cannot use: refused, over the size bound, cut or timed out.
+READ_FAILURES = (UpstreamRefused, BodyTooLarge, aiohttp.ClientError, TimeoutError)
 
 
 class WalkRefused(Exception):
@@ -41,7 +43,7 @@ async def repositories(client: RegistryClient, named: list[str], auth: str | Non
         return named
     try:
         listed = [name async for name in client.listed(CATALOG, "repositories", auth)]
-    except (UpstreamRefused, BodyTooLarge, aiohttp.ClientError, TimeoutError) as exc:
+    except READ_FAILURES as exc:
         raise WalkRefused(f"the catalog could not be read: {type(exc).__name__}: {exc}") from exc
     valid = [name for name in dict.fromkeys(listed) if is_repository_name(name)]
     for name in set(listed).difference(valid):
@@ -62,7 +64,7 @@ async def tags(client: RegistryClient, repository: str, auth: str | None) -> tup
             else:
                 log.warning("%s lists the tag %r, which is no tag name: skipped", repository, tag)
                 complete = False
-    except (UpstreamRefused, BodyTooLarge, aiohttp.ClientError, TimeoutError) as exc:
+    except READ_FAILURES as exc:
         log.warning("%s: tag list not read in full: %s: %s", repository, type(exc).__name__, exc)
         return list(found), False
     return list(found), complete

@@ -45,8 +45,8 @@ from proxy.oci.tagschema import (
 )
 from proxy.services import registry_lists
 from proxy.services.keep_tags import KeepTags
-from proxy.services.registry_lists import Repository
-from proxy.upstream.client import MAX_LIST_BODY, MAX_PAGES, RegistryClient
+from proxy.services.registry_lists import READ_FAILURES, Repository
+from proxy.upstream.client import MAX_LIST_BODY, RegistryClient
 from proxy.upstream.native import ZERO_DIGEST, ask_native
 from proxy.upstream.session import open_session
 
@@ -160,8 +160,13 @@ class Reindexer:
         if reference in repo.seen:
             return None
         repo.seen.add(reference)
-        async with self._reads:
-            answer = await self.client.get_manifest(repo.name, reference, self.auth)
+        try:
+            async with self._reads:
+                answer = await self.client.get_manifest(repo.name, reference, self.auth)
+        except READ_FAILURES as exc:  # one manifest: the walk goes on, --resume reads it again
+            log.warning("%s@%s: %s: %s", repo.name, reference, type(exc).__name__, exc)
+            self.summary.errors += 1
+            return None
         if answer.status != 200:
             log.warning("%s@%s: %d", repo.name, reference, answer.status)
             self.summary.errors += 1
@@ -194,33 +199,26 @@ class Reindexer:
 
     async def _import_native(self, repo: Repository, subject: str) -> None:
         """The registry's own referrers of `subject`, every page, into the index."""
-        path: str | None = f"/v2/{repo.name}/referrers/{subject}"
-        for _ in range(MAX_PAGES):
-            if path is None:
-                return
-            async with self._reads:
-                answer = await self.client.call(
-                    "GET", path, auth=self.auth, headers={hdrs.ACCEPT: IMAGE_INDEX}
-                )
-            try:
-                if answer.status != 200:
-                    raise TagIndexInvalid(f"answered {answer.status}")
-                listed = parse_tag_index(
-                    subject,
-                    answer.body,
-                    answer.headers.get(hdrs.CONTENT_TYPE, ""),
-                    "",
-                    self.max_annotation_bytes,
-                ).referrers
-            except TagIndexInvalid as exc:
-                log.warning("%s %s: referrers not imported: %s", repo.name, subject, exc)
-                self.summary.errors += 1
-                return
-            kept = [r for r in listed if not await self._deleted(repo, r)]
-            if kept and self.index is not None:
-                await self.index.add_listed(repo.name, subject, kept)
-            self.summary.referrers += len(kept)
-            path = answer.next_page
+        path = f"/v2/{repo.name}/referrers/{subject}"
+        try:
+            async with self._reads:  # one subject's pages, one at a time
+                async for answer in self.client.pages(
+                    path, self.auth, headers={hdrs.ACCEPT: IMAGE_INDEX}
+                ):
+                    listed = parse_tag_index(
+                        subject,
+                        answer.body,
+                        answer.headers.get(hdrs.CONTENT_TYPE, ""),
+                        "",
+                        self.max_annotation_bytes,
+                    ).referrers
+                    kept = [r for r in listed if not await self._deleted(repo, r)]
+                    if kept and self.index is not None:
+                        await self.index.add_listed(repo.name, subject, kept)
+                    self.summary.referrers += len(kept)
+        except (TagIndexInvalid, *READ_FAILURES) as exc:
+            log.warning("%s %s: referrers not imported: %s", repo.name, subject, exc)
+            self.summary.errors += 1
 
     async def _found(
         self, repo: Repository, referrer: Referrer, body: bytes, content_type: str

@@ -114,9 +114,11 @@ class RegistryClient:
             )
             return Answer(response.status, response.headers, body, *_next_page(response))
 
-    async def listed(self, path: str, key: str, auth: str | None) -> AsyncIterator[str]:
-        """Every item under `key` of a paged list (the catalog, a repository's tags), page
-        after page; UpstreamRefused if a page is refused, or the list goes round, elsewhere, on
+    async def pages(
+        self, path: str, auth: str | None, headers: dict[str, str] | None = None
+    ) -> AsyncIterator[Answer]:
+        """Each page of a paged list (the catalog, a repository's tags, the referrers of a
+        subject); UpstreamRefused if a page is refused, or the list goes round, elsewhere, on
         past MAX_PAGES or to a page it cannot ask: what depends on having all of it must hear
         that it has not."""
         next_path: str | None = path
@@ -129,19 +131,24 @@ class RegistryClient:
             if URL(next_path).path != URL(path).path:
                 raise UpstreamRefused(f"GET {path}: the next page is of another list", 200)
             asked.add(next_path)
-            answer = await self.call("GET", next_path, auth=auth)
+            answer = await self.call("GET", next_path, auth=auth, headers=headers)
             if answer.status != 200:
                 raise UpstreamRefused(f"GET {next_path}", answer.status)
-            items = page_items(answer.body, key)
-            if items is None:
-                raise UpstreamRefused(f"GET {next_path}: no list of {key} in the answer", 200)
-            for item in items:
-                yield item
+            yield answer
             if answer.pages_on and answer.next_page is None:
                 raise UpstreamRefused(f"GET {path}: a next page that cannot be asked", 200)
             next_path = answer.next_page
         if next_path is not None:
             raise UpstreamRefused(f"GET {path}: more than {MAX_PAGES} pages", 200)
+
+    async def listed(self, path: str, key: str, auth: str | None) -> AsyncIterator[str]:
+        """Every item under `key` of a paged list of names, page after page (see `pages`)."""
+        async for answer in self.pages(path, auth):
+            items = page_items(answer.body, key)
+            if items is None:
+                raise UpstreamRefused(f"GET {path}: no list of {key} in the answer", 200)
+            for item in items:
+                yield item
 
     async def get_manifest(
         self, repository: str, reference: str, auth: str | None, etag: str | None = None

@@ -24,7 +24,7 @@ from proxy.devstack.oci_client import (
     settled_tag_index,
     sha256,
 )
-from proxy.devstack.processes import Redis, Registry
+from proxy.devstack.processes import Redis, Registry, free_port
 from proxy.index import RedisIndex
 from proxy.services.reindex import Reindexer
 from proxy.upstream.client import Answer, RegistryClient
@@ -169,3 +169,19 @@ async def test_a_delete_during_the_reindex_stays_deleted(
     ) as after:
         assert after.status == 404, "the keep-tag PUT must not bring it back"
     assert await listed_referrers(http, proxy, repo, image) == []
+
+
+async def test_an_index_down_ends_a_walk_with_a_message_not_a_traceback(
+    http: aiohttp.ClientSession, registry: Registry, repo: str
+) -> None:
+    """Found by review: a registry or index failing under reindex, prune or legacy-artifacts
+    ended it with a Python traceback."""
+    image = await push_subject_image(http, registry.url, repo)
+    sbom = artifact_manifest(image)
+    assert (await push_manifest(http, registry.url, repo, sbom, "sbom")).status == 201
+    down = f"redis://127.0.0.1:{free_port()}/0"
+    args = ("--upstream", registry.url, "--repository", repo, "--redis-url", down)
+    code, _, err = await run_reindex(*args)
+    assert code == 1
+    assert "Traceback" not in err
+    assert "referrers-proxy reindex: IndexUnavailable: index" in err
