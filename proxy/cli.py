@@ -10,7 +10,7 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from proxy import __version__
 from proxy.config import (
@@ -510,15 +510,34 @@ def _walk_failed(name: str, exc: Exception) -> int:
     return 1
 
 
+def _checkpoint(path: Path | None, kind: str) -> tuple[set[str], TextIO | None]:
+    """The repositories a `--resume` file lists as finished, and the file to append to. Its
+    first line names the walk that started it (`# prune --delete`): what a dry run listed must
+    not make a delete skip what it never deleted."""
+    if path is None:
+        return set(), None
+    lines = path.read_text().splitlines() if path.exists() else []
+    started = next((line for line in lines if line.startswith("#")), None)
+    if started is not None and started != f"# {kind}":
+        raise ValueError(f"--resume {path} was started by `{started[2:]}`, not `{kind}`")
+    done = {line for line in lines if line and not line.startswith("#")}
+    marks = path.open("a")
+    if not lines:
+        marks.write(f"# {kind}\n")
+    return done, marks
+
+
 def _run_walk(name: str, command: ReindexCommand, delete: bool) -> int:
     """`reindex`, or `prune` (dry run unless `delete`)."""
     from proxy.services.prune import prune
     from proxy.services.reindex import reindex
 
-    done = set()
-    if command.resume is not None and command.resume.exists():
-        done = set(command.resume.read_text().split())
-    marks = command.resume.open("a") if command.resume is not None else None
+    kind = f"{name} --delete" if delete else name
+    try:
+        done, marks = _checkpoint(command.resume, kind)
+    except ValueError as exc:
+        sys.stderr.write(f"referrers-proxy {name}: {exc}\n")
+        return 2
     walk = (
         reindex(
             command.settings,

@@ -80,6 +80,15 @@ async def test_prune_lists_then_deletes_exactly_the_orphans(
     assert "dry run" in out
     assert "orphans 3, deleted 0," in out
     assert await manifest_status(http, own_registry.url, repo, sha256(sbom)) == 200, "dry run"
+    # Found by review: a dry run's checkpoint made a --delete resuming from it skip every
+    # repository the dry run had listed, and exit 0 having deleted nothing.
+    dry = tmp_path / "dry.done"
+    code, out, err = await run_prune(*args, "--repository", repo, "--resume", str(dry))
+    assert (code, "orphans 3, deleted 0," in out) == (0, True), err
+    code, out, err = await run_prune(*args, "--delete", "--resume", str(dry))
+    assert code == 2
+    assert "was started by `prune`, not `prune --delete`" in err
+    assert await manifest_status(http, own_registry.url, repo, sha256(sbom)) == 200
 
     checkpoint = tmp_path / "prune.done"
     code, out, err = await run_prune(*args, "--delete", "--resume", str(checkpoint))

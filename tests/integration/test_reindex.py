@@ -95,7 +95,8 @@ async def test_reindex_rebuilds_a_wiped_redis(
     assert "errors 0" in out
     assert set(await listed_referrers(http, index_only, repo, image)) == expected
     assert await listed_referrers(http, index_only, other, other_image) == [sha256(other_referrer)]
-    assert sorted(checkpoint.read_text().split()) == sorted([repo, other])
+    started, *finished = checkpoint.read_text().splitlines()
+    assert (started, sorted(finished)) == ("# reindex", sorted([repo, other]))
 
     code, out, _ = await run_reindex(*args, "--resume", str(checkpoint))
     assert (code, "resumed past 2" in out, "repositories 0," in out) == (0, True, True)
