@@ -72,7 +72,7 @@ def _next_page(response: aiohttp.ClientResponse) -> tuple[str | None, bool]:
         return None, True
     if target is None:
         return None, False
-    if not target.path.startswith("/v2/"):
+    if not target.raw_path.startswith("/v2/"):
         return None, True
     return target.raw_path_qs, True
 
@@ -128,7 +128,7 @@ class RegistryClient:
                 return
             if next_path in asked:
                 raise UpstreamRefused(f"GET {path}: the next page is one already read", 200)
-            if URL(next_path).path != URL(path).path:
+            if URL(next_path).raw_path != URL(path).raw_path:
                 raise UpstreamRefused(f"GET {path}: the next page is of another list", 200)
             asked.add(next_path)
             answer = await self.call("GET", next_path, auth=auth, headers=headers)

@@ -23,6 +23,7 @@ NEXT_LINKS = {  # each a next page the walk cannot ask, or may not
     "outside": '</elsewhere/tags/list?n=2>; rel="next"',
     "outside-nofollow": '</elsewhere/tags/list?n=2>; rel="next nofollow"',
     "dot-segments": '</v2/link/dot-segments/tags/list/../../../secret/tags/list?n=2>; rel="next"',
+    "encoded": '</v2%2Flink%2Fencoded/tags/list?n=2>; rel="next"',
     "another-list": '</v2/secret/tags/list?n=2>; rel="next"',
     "no-url": '<http://[::1/v2/link/no-url/tags/list?n=2>; rel="next"',
 }
